@@ -1,0 +1,20 @@
+# The two commands: `make demo` and `make test`. Both install what is missing first.
+PYTHON ?= python3
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: deps demo test test-fullsize bench
+
+deps:
+	@PYTHON=$(PYTHON) bash scripts/ensure_deps.sh test
+
+demo: deps
+	$(PYTHON) -m motia demo
+
+# pytest exits 5 when it collected no test: that is a failure here, not a pass.
+test: deps
+	@$(PYTHON) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+test-fullsize: deps
+	$(PYTHON) -m pytest -q -m fullsize $(PYTEST_ARGS)

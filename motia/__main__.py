@@ -1,0 +1,5 @@
+"""`python -m motia` runs the CLI."""
+
+from .cli import entry
+
+entry()

@@ -1,0 +1,156 @@
+"""The `motia` command: info, preview, adapt, outpaint, demo, batch, eval, adapters.
+
+Errors from bad input are one line (``error: ...``) with exit code 2; ``--debug``
+shows the traceback. Heavy libraries are imported inside the verbs, so
+``motia --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from . import __version__
+from .errors import MotiaError
+
+
+def _add_config(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("config", nargs=None if required else "?", help="job config YAML (e.g. configs/tiny.yaml)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. sample.steps=10 video.path=clip.mp4")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="motia",
+        description="Video outpainting: adapt a LoRA to a clip, then extend the clip beyond its borders.",
+    )
+    parser.add_argument("--version", action="version", version=f"motia {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+
+    p = sub.add_parser("info", help="print the resolved config, canvas geometry and work estimate")
+    _add_config(p)
+
+    p = sub.add_parser("preview", help="write a PNG of the source on the canvas with the insertion map")
+    _add_config(p)
+    p.add_argument("--out", help="PNG path (default: <run dir>/preview.png)")
+
+    p = sub.add_parser("adapt", help="train the clip's LoRA (input-specific adaptation)")
+    _add_config(p)
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint of this run")
+
+    p = sub.add_parser("outpaint", help="outpaint the clip (with an adapted LoRA, or none)")
+    _add_config(p)
+    p.add_argument("--lora", help="adapter .safetensors from `motia adapt` (omit for the unadapted baseline)")
+
+    p = sub.add_parser("run", help="adapt, then outpaint, in one go")
+    _add_config(p)
+
+    p = sub.add_parser("demo", help="adapt and outpaint the bundled sample clip with the tiny models (CPU)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides on configs/tiny.yaml")
+
+    p = sub.add_parser("batch", help="adapt and outpaint every clip of a batch manifest")
+    p.add_argument("manifest", help="batch YAML (see configs/batch_example.yaml)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides applied to every clip")
+
+    p = sub.add_parser("eval", help="score outpainting on a DAVIS/YouTube-VOS style dataset")
+    p.add_argument("config", help="eval YAML (see configs/eval_example.yaml)")
+
+    p = sub.add_parser("adapters", help="manage the adapter cache")
+    asub = p.add_subparsers(dest="adapters_verb", metavar="ACTION")
+    a = asub.add_parser("list", help="list cached adapters")
+    a.add_argument("--cache", help="cache folder (default: $MOTIA_ADAPTERS or ~/.cache/motia/adapters)")
+    a = asub.add_parser("rm", help="remove cached adapters by key prefix (or --all)")
+    a.add_argument("keys", nargs="*")
+    a.add_argument("--all", action="store_true")
+    a.add_argument("--cache")
+    return parser
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from . import job
+
+    if args.verb == "info":
+        from .config import load_config
+
+        print(job.describe(load_config(args.config, args.overrides)))
+        return 0
+    if args.verb == "preview":
+        from .config import load_config
+
+        path = job.preview(load_config(args.config, args.overrides), args.out)
+        print(f"preview written to {path}")
+        return 0
+    if args.verb == "adapt":
+        from .adapt import adapt_from_config
+        from .config import load_config
+
+        adapt_from_config(load_config(args.config, args.overrides), resume=args.resume)
+        return 0
+    if args.verb == "outpaint":
+        from .config import load_config
+        from .outpaint import outpaint_from_config
+
+        outpaint_from_config(load_config(args.config, args.overrides), lora=args.lora)
+        return 0
+    if args.verb == "run":
+        from .config import load_config
+
+        job.adapt_and_outpaint(load_config(args.config, args.overrides))
+        return 0
+    if args.verb == "demo":
+        job.demo(args.overrides)
+        return 0
+    if args.verb == "batch":
+        from .batch import run_batch
+
+        return run_batch(args.manifest, args.overrides)
+    if args.verb == "eval":
+        from .evaluate import eval_from_file
+
+        eval_from_file(args.config)
+        return 0
+    if args.verb == "adapters":
+        from . import batch
+
+        return batch.adapters_command(args)
+    build_parser().print_help()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    for noisy in ("diffusers", "transformers", "accelerate", "httpx", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if args.debug else logging.ERROR)
+    try:
+        return _dispatch(args)
+    except MotiaError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # an internal failure, not bad input: say so and how to see more
+        if args.debug:
+            traceback.print_exc()
+        else:
+            print(f"error: internal {type(e).__name__}: {e} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+def entry(argv: list[str] | None = None) -> None:
+    """Console-script wrapper."""
+    sys.exit(main(argv))
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,361 @@
+"""The typed job config: one schema for adaptation, outpainting and batch jobs.
+
+A config is YAML. ``extends: other.yaml`` merges this file over another one
+(paths relative to this file; chains allowed). Command-line overrides are dotted
+``key=value`` pairs whose value is parsed as YAML (``sample.steps=10``,
+``outpaint.target_size=[512,1024]``, ``prompt="a beach"``). Unknown keys and
+wrong types fail on load with the key's dotted name.
+
+Relative input paths (``video.path`` and model paths starting with ``./`` or
+``../``) written in a config file are resolved against that file's folder, so a
+config and its clip can move together; output folders and overrides given on the
+command line are relative to the working directory. Two prefixes name bundled
+assets: ``tiny:NAME`` for the tiny model bundle and ``sample:clip`` for the demo clip.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+from .utils import atomic_path
+
+
+class _Section(BaseModel):
+    # strict: a YAML string "10" is not silently an int; extra keys are typos.
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+
+
+class ModelsConfig(_Section):
+    """Where the weights come from: diffusers folders, hub ids or single files."""
+
+    base: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    base_config: str | None = None  # architecture for a single-file base (folder or hub id)
+    vae: str | None = None  # e.g. stabilityai/sd-vae-ft-mse, as the reference used
+    controlnet: str = "lllyasviel/control_v11p_sd15_inpaint"
+    controlnet_config: str | None = None
+    motion_adapter: str = "guoyww/animatediff-motion-adapter-v1-5-2"
+    motion_adapter_config: str | None = None  # config.json for an original .ckpt with unusual shapes
+    dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    device: str = "auto"
+    variant: str | None = None
+
+
+class VideoConfig(_Section):
+    """Which frames of which clip, at what size."""
+
+    path: str | None = None
+    start: int = Field(0, ge=0)
+    max_frames: int | None = Field(None, ge=1)
+    stride: int = Field(1, ge=1)
+    size: int | None = Field(512, ge=8)  # target length of the side chosen by `resize`
+    resize: Literal["short_side", "long_side", "none"] = "short_side"
+
+
+class OutpaintConfig(_Section):
+    """The canvas: per-side expansion fractions, or a target size, or a target aspect."""
+
+    left: float = Field(0.0, ge=0)
+    right: float = Field(0.0, ge=0)
+    top: float = Field(0.0, ge=0)
+    bottom: float = Field(0.0, ge=0)
+    target_size: list[int] | None = None  # [height, width]
+    aspect: str | None = None  # "9:16", "16:9", ...
+    multiple: int = Field(8, ge=8)
+
+    @field_validator("target_size")
+    @classmethod
+    def _two_ints(cls, v):
+        if v is not None and (len(v) != 2 or min(v) < 8):
+            raise ValueError("must be [height, width] with both >= 8")
+        return v
+
+
+class LoraSection(_Section):
+    targets: str | list[str] = "temporal"  # preset ("temporal", "temporal+spatial") or name regexes
+    rank: int = Field(16, ge=1)
+    alpha: float = Field(128.0, gt=0)  # 128 at rank 16 = the reference's x8 delta multiplier
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class MaskRanges(_Section):
+    """Training border widths per side, as [lo, hi] fractions of that side."""
+
+    left: list[float] = [0.0, 0.4]
+    right: list[float] = [0.0, 0.4]
+    top: list[float] = [0.0, 0.4]
+    bottom: list[float] = [0.0, 0.4]
+
+    @field_validator("left", "right", "top", "bottom")
+    @classmethod
+    def _range(cls, v):
+        if len(v) != 2 or not (0 <= v[0] <= v[1] < 1):
+            raise ValueError("must be [lo, hi] with 0 <= lo <= hi < 1")
+        return v
+
+
+class AdaptConfig(_Section):
+    """Input-specific adaptation: the per-clip LoRA training recipe (reference defaults)."""
+
+    steps: int = Field(1000, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(1e-2, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    frames: int = Field(16, ge=1)
+    batch_size: int = Field(1, ge=1)
+    lr_scheduler: Literal["constant", "constant_with_warmup", "cosine", "linear"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    mask: MaskRanges = MaskRanges()
+    lora: LoraSection = LoraSection()
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
+    gradient_checkpointing: bool = True
+    use_8bit_adam: bool = False
+    checkpoint_every: int = Field(200, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(10, ge=1)
+    encode_chunk: int = Field(8, ge=1)  # frames per VAE encode call
+    output_dir: str | None = None  # default: <output.dir>/<name>/adapter
+
+
+class WindowSection(_Section):
+    frames: int = Field(16, ge=1)
+    stride: int = Field(4, ge=1)
+    weights: Literal["pyramid", "flat"] = "pyramid"
+
+
+class RegretSection(_Section):
+    jump: int = Field(3, ge=1)  # L
+    repeats: int = Field(4, ge=0)  # M; 0 = off
+    fraction: float = Field(0.5, ge=0, le=1)  # active in this first fraction of the steps
+
+
+class InsertionSection(_Section):
+    k: float = Field(2.0, ge=0)  # scale(p) = exp(-K d(p) / D); 0 = uniform LoRA
+
+
+class WindowAttentionSection(_Section):
+    enabled: bool | Literal["auto"] = "auto"  # auto: on when the canvas's long side >= 1024 px
+    blocks: list[str] = ["down_blocks.0", "up_blocks.3"]
+    grid: list[int] = [2, 2]
+    shift: bool = True
+
+    @field_validator("grid")
+    @classmethod
+    def _grid(cls, v):
+        if len(v) != 2 or min(v) < 1:
+            raise ValueError("must be [rows, cols] with both >= 1")
+        return v
+
+
+class SampleConfig(_Section):
+    """Pattern-aware outpainting: DDIM sampling with windows, guidance, regret, insertion."""
+
+    steps: int = Field(25, ge=1)
+    guidance_scale: float = Field(7.5, ge=0)
+    guidance_steps: int = Field(15, ge=0)  # guidance on the first N steps, then the cond branch alone
+    negative_prompt: str = ""
+    window: WindowSection = WindowSection()
+    regret: RegretSection = RegretSection()
+    insertion: InsertionSection = InsertionSection()
+    lora_scale: float = Field(1.0, ge=0)
+    controlnet_scale: float = Field(1.0, ge=0)
+    window_attention: WindowAttentionSection = WindowAttentionSection()
+    decode_chunk: int = Field(8, ge=1)  # frames per VAE decode call
+
+
+class OutputConfig(_Section):
+    dir: str = "outputs"
+    name: str | None = None  # default: the clip's file stem
+    mp4: bool = True
+    gif: bool = False
+    frames: bool = False
+    side_by_side: bool = True
+    paste: bool = True  # paste the source pixels back so the known region is exactly the input
+    feather: int = Field(8, ge=0)  # seam feather width in pixels (generated side)
+    keep_audio: bool = True
+    crf: int = Field(18, ge=0, le=51)
+    fps: float | None = None  # default: the source fps / stride
+
+
+class CaptionSection(_Section):
+    model: str = "Salesforce/blip-image-captioning-base"
+    max_new_tokens: int = Field(30, ge=1)
+
+
+class JobConfig(_Section):
+    """One job: a clip, the models, and how to adapt and outpaint it."""
+
+    seed: int = 0
+    prompt: str = ""  # the clip's text prompt; "auto" captions the middle frame (BLIP)
+    models: ModelsConfig = ModelsConfig()
+    video: VideoConfig = VideoConfig()
+    outpaint: OutpaintConfig = OutpaintConfig()
+    adapt: AdaptConfig = AdaptConfig()
+    sample: SampleConfig = SampleConfig()
+    output: OutputConfig = OutputConfig()
+    caption: CaptionSection = CaptionSection()
+
+    @model_validator(mode="after")
+    def _cross_checks(self):
+        if self.sample.window.stride > self.sample.window.frames:
+            raise ValueError("sample.window.stride must be <= sample.window.frames")
+        return self
+
+    def run_name(self) -> str:
+        if self.output.name:
+            return self.output.name
+        if self.video.path and not self.video.path.startswith("sample:"):
+            return Path(self.video.path).stem
+        return "sample"
+
+    def run_dir(self) -> Path:
+        return Path(self.output.dir) / self.run_name()
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+# ---------------------------------------------------------------- loading
+
+def _read_yaml(path: Path) -> dict:
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """Merge ``over`` into a copy of ``base``; mappings merge key by key, anything else replaces."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _resolve_input_paths(data: dict, folder: Path) -> None:
+    video = data.get("video")
+    if isinstance(video, dict) and isinstance(video.get("path"), str):
+        video["path"] = _rel(video["path"], folder, always=True)
+    models = data.get("models")
+    if isinstance(models, dict):
+        for k, v in models.items():
+            if isinstance(v, str) and k not in ("dtype", "device", "variant"):
+                models[k] = _rel(v, folder, always=False)
+
+
+def _rel(value: str, folder: Path, always: bool) -> str:
+    if ":" in value.split("/")[0] or os.path.isabs(value):  # tiny:, sample:, C:, absolute
+        return value
+    if always or value.startswith(("./", "../")):
+        return str((folder / value).resolve())
+    return value
+
+
+def load_raw(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict:
+    """Read a config file and everything it ``extends``, merged, input paths resolved."""
+    path = Path(path).resolve()
+    if path in _seen:
+        chain = " -> ".join(str(p) for p in (*_seen, path))
+        raise ConfigError(f"{path}: 'extends' loops back on itself ({chain})")
+    data = _read_yaml(path)
+    _resolve_input_paths(data, path.parent)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: 'extends' must be a file path, got {type(parent).__name__}")
+    return deep_merge(load_raw(path.parent / parent, (*_seen, path)), data)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key=value, e.g. sample.steps=10")
+    key, _, raw = item.partition("=")
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {item!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
+    data = deep_merge(data, {})
+    for item in overrides:
+        parts, value = parse_override(item)
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {'.'.join(parts[: i + 1])} is not a section")
+            else:
+                child = node[part] = dict(child)
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        keys.append(prefix + name)
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys += _known_keys(ann, prefix + name + ".")
+    return keys
+
+
+def format_validation_error(err: ValidationError, source: str, model: type[BaseModel] = JobConfig) -> str:
+    """One line per problem, each naming the dotted key and the fix."""
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(key, _known_keys(model), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            lines.append(f"{source}: unknown key '{key}'{hint}")
+        else:
+            got = e.get("input")
+            got_s = f" (got {got!r})" if not isinstance(got, dict) else ""
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"{source}: {key}: {msg}{got_s}")
+    return "; ".join(lines)
+
+
+def validate(data: dict, source: str = "config", model: type[BaseModel] = JobConfig):
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source, model)) from None
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> JobConfig:
+    """Load, merge (``extends``), override and validate a job config."""
+    data = load_raw(path) if path is not None else {}
+    source = str(path) if path is not None else "config"
+    return validate(apply_overrides(data, overrides), source)
+
+
+def dump_config(cfg: BaseModel, path: str | os.PathLike) -> Path:
+    """Write the resolved config as YAML (atomically) so every output says how it was made."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    return path

@@ -1,0 +1,149 @@
+"""Glue between a job config and the stages: the clip, the canvas, work estimates, preview, demo.
+
+The stages (adapt, outpaint) take tensors and configs; this module is where a
+config's paths become a clip and a canvas, shared by the CLI verbs and entries.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import yaml
+
+from .config import JobConfig
+from .errors import ConfigError, InputError
+
+REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def video_path(cfg: JobConfig) -> Path:
+    """The clip's path, with ``sample:clip`` resolved to the bundled sample."""
+    p = cfg.video.path
+    if not p:
+        raise ConfigError("video.path is not set; give it in the config or as an override: video.path=clip.mp4")
+    if p.startswith("sample:"):
+        from .video import sample_clip_path
+
+        return sample_clip_path()
+    path = Path(p)
+    if not path.exists():
+        raise InputError(f"video.path: {path} does not exist")
+    return path
+
+
+def load_clip(cfg: JobConfig):
+    """Read the configured frames of the clip (resized, aspect kept)."""
+    from .video import read_video
+
+    v = cfg.video
+    return read_video(
+        video_path(cfg), start=v.start, max_frames=v.max_frames, stride=v.stride,
+        size=None if v.resize == "none" else v.size, resize=v.resize,
+    )
+
+
+def plan(cfg: JobConfig, src_h: int, src_w: int):
+    """The canvas for a source of this size under the config's ``outpaint`` section."""
+    from .geometry import plan_canvas
+
+    o = cfg.outpaint
+    return plan_canvas(
+        src_h, src_w, left=o.left, right=o.right, top=o.top, bottom=o.bottom,
+        target_size=tuple(o.target_size) if o.target_size else None, aspect=o.aspect, multiple=o.multiple,
+    )
+
+
+def work_estimate(cfg: JobConfig, num_frames: int, canvas) -> dict:
+    """Frames, windows and model calls of an outpainting run, before it starts."""
+    from .sampler import count_model_calls
+    from .windows import temporal_windows
+
+    s = cfg.sample
+    windows = temporal_windows(num_frames, s.window.frames, s.window.stride)
+    calls = count_model_calls(
+        s.steps, num_windows=len(windows), guidance_steps=s.guidance_steps if s.guidance_scale != 1 else 0,
+        regret_jump=s.regret.jump, regret_repeats=s.regret.repeats, regret_fraction=s.regret.fraction,
+    )
+    h, w = canvas.latent_size()
+    return {
+        "frames": num_frames,
+        "canvas": f"{canvas.height}x{canvas.width}",
+        "latent": f"4x{num_frames}x{h}x{w}",
+        "windows": len(windows),
+        **calls,
+    }
+
+
+def describe(cfg: JobConfig) -> str:
+    """`motia info`: the resolved config, the canvas and the work, as readable YAML."""
+    from .video import probe_video
+
+    out = {"config": cfg.to_dict()}
+    try:
+        path = video_path(cfg)
+    except ConfigError:
+        path = None
+    if path is not None:
+        clip = load_clip(cfg)
+        info = probe_video(path)
+        f, _, h, w = clip.frames.shape
+        canvas = plan(cfg, h, w)
+        out["source"] = {"path": str(path), "frames_in_file": info.num_frames, "fps": info.fps,
+                         "size_in_file": f"{info.height}x{info.width}", "audio": info.has_audio,
+                         "frames_used": f, "size_used": f"{h}x{w}"}
+        out["canvas"] = canvas.to_dict()
+        out["work"] = work_estimate(cfg, f, canvas)
+    return yaml.safe_dump(out, sort_keys=False)
+
+
+def preview(cfg: JobConfig, out: str | None = None) -> Path:
+    """`motia preview`: one PNG with the source on the canvas, the known box and the insertion-map heat."""
+    import numpy as np
+    import torch
+    from PIL import Image, ImageDraw
+
+    from .geometry import insertion_map, place_on_canvas
+    from .utils import atomic_path
+
+    clip = load_clip(cfg)
+    frame = clip.frames[len(clip.frames) // 2 : len(clip.frames) // 2 + 1]
+    canvas = plan(cfg, frame.shape[-2], frame.shape[-1])
+    img = place_on_canvas(frame, canvas, fill=0.0)[0]  # (3, H, W)
+    heat = insertion_map(canvas, cfg.sample.insertion.k)  # (H, W), 1 on the known box
+    # Warm overlay where the LoRA fades: red = full strength, blue = none.
+    color = torch.stack([heat, 0.2 * torch.ones_like(heat), 1 - heat])
+    top, left, bottom, right = canvas.box
+    known = torch.zeros_like(heat, dtype=torch.bool)
+    known[top:bottom, left:right] = True
+    blended = torch.where(known, img, 0.35 * img + 0.65 * color)
+    arr = (blended.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    pil = Image.fromarray(arr)
+    ImageDraw.Draw(pil).rectangle([left, top, right - 1, bottom - 1], outline=(0, 255, 0))
+    path = Path(out) if out else cfg.run_dir() / "preview.png"
+    with atomic_path(path) as tmp:
+        pil.save(tmp, format="PNG")
+    return path
+
+
+def adapt_and_outpaint(cfg: JobConfig) -> dict:
+    """Adapt the clip's LoRA, then outpaint with it; returns the outpainting summary."""
+    from .adapt import adapt_from_config
+    from .outpaint import outpaint_from_config
+
+    adapter = adapt_from_config(cfg)
+    return outpaint_from_config(cfg, lora=str(adapter))
+
+
+def demo(overrides: Sequence[str] = ()) -> dict:
+    """`motia demo` / `make demo`: the whole job on the tiny bundle and the bundled clip, on CPU."""
+    from .config import load_config
+
+    cfg = load_config(REPO_CONFIGS / "tiny.yaml", list(overrides))
+    summary = adapt_and_outpaint(cfg)
+    print(f"demo finished: outputs in {cfg.run_dir().resolve()}")
+    for k, v in summary.get("outputs", {}).items():
+        print(f"  {k}: {v}")
+    return summary
+
+

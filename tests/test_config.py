@@ -1,0 +1,94 @@
+"""Config schema: extends, overrides, unknown keys and wrong types named by dotted key."""
+
+import pytest
+import yaml
+
+from motia.config import dump_config, load_config
+from motia.errors import ConfigError
+
+
+def write(path, data):
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_defaults_are_the_reference_recipe():
+    cfg = load_config()
+    assert (cfg.sample.steps, cfg.sample.guidance_scale, cfg.sample.guidance_steps) == (25, 7.5, 15)
+    assert (cfg.sample.regret.jump, cfg.sample.regret.repeats, cfg.sample.regret.fraction) == (3, 4, 0.5)
+    assert (cfg.adapt.steps, cfg.adapt.lr, cfg.adapt.weight_decay, cfg.adapt.grad_clip) == (1000, 1e-4, 1e-2, 1.0)
+    assert (cfg.adapt.lora.rank, cfg.adapt.lora.alpha) == (16, 128.0)
+    assert cfg.sample.insertion.k == 2.0
+    assert (cfg.sample.window.frames, cfg.sample.window.stride) == (16, 4)
+
+
+def test_extends_merges_and_resolves_paths(tmp_path):
+    (tmp_path / "sub").mkdir()
+    write(tmp_path / "base.yaml", {"sample": {"steps": 30, "guidance_scale": 5.0}, "video": {"path": "clip.mp4"}})
+    child = write(tmp_path / "sub" / "child.yaml", {"extends": "../base.yaml", "sample": {"steps": 10}})
+    cfg = load_config(child)
+    assert cfg.sample.steps == 10 and cfg.sample.guidance_scale == 5.0
+    assert cfg.video.path == str((tmp_path / "clip.mp4").resolve())
+
+
+def test_extends_loop_is_an_error(tmp_path):
+    write(tmp_path / "a.yaml", {"extends": "b.yaml"})
+    write(tmp_path / "b.yaml", {"extends": "a.yaml"})
+    with pytest.raises(ConfigError, match="loops"):
+        load_config(tmp_path / "a.yaml")
+
+
+def test_overrides_are_typed():
+    cfg = load_config(None, ["sample.steps=10", "outpaint.target_size=[512, 1024]", "prompt=a beach", "video.max_frames=null"])
+    assert cfg.sample.steps == 10 and cfg.outpaint.target_size == [512, 1024]
+    assert cfg.prompt == "a beach" and cfg.video.max_frames is None
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("sample.stepz=3", "sample.stepz"),
+        ("sample.steps=ten", "sample.steps"),
+        ("sample.steps=1.5", "sample.steps"),
+        ("outpaint.left=-1", "outpaint.left"),
+        ("adapt.mask.left=[0.5, 0.2]", "adapt.mask.left"),
+        ("sample.window_attention.grid=[2]", "sample.window_attention.grid"),
+        ("models.dtype=fp64", "models.dtype"),
+    ],
+)
+def test_bad_values_name_the_key(override, key):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert key in str(e.value)
+
+
+def test_unknown_key_in_file_suggests(tmp_path):
+    path = write(tmp_path / "c.yaml", {"sample": {"guidance_scal": 3.0}})
+    with pytest.raises(ConfigError, match=r"unknown key 'sample.guidance_scal' \(did you mean 'sample.guidance_scale'\?\)"):
+        load_config(path)
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sample: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["sample.steps"])
+
+
+def test_dump_round_trip(tmp_path):
+    cfg = load_config(None, ["sample.steps=7", "prompt=x"])
+    path = dump_config(cfg, tmp_path / "out" / "config.yaml")
+    again = load_config(path)
+    assert again == cfg
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_repo_configs_load():
+    from motia.job import REPO_CONFIGS
+
+    for name in ("base.yaml", "tiny.yaml"):
+        load_config(REPO_CONFIGS / name)
