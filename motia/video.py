@@ -1,0 +1,685 @@
+"""Video I/O for the whole toolkit: probe, read (with frame selection and resizing), write mp4/gif/png.
+
+Conventions
+- A clip in memory is a torch float32 tensor ``(F, 3, H, W)`` with values in [0, 1].
+- ``to_uint8`` and the writers also take uint8 numpy arrays ``(F, H, W, 3)``: torch
+  tensors are always channels-first, numpy arrays always channels-last.
+- Inputs: video files (mp4, mov, webm, mkv, avi, m4v, gif), a folder of images (sorted
+  naturally, ``frame2`` before ``frame10``), or a single image (one frame).
+- Video files are decoded by decord, else PyAV, else imageio (``backend="auto"``).
+  decord always decodes at full size: its own width/height resize returned garbage
+  4-channel frames for some sizes, so every backend resizes here, in float, with
+  torch's antialiased bilinear interpolation.
+- H.264 yuv420p needs even sizes. ``write_video`` pads an odd width or height by
+  replicating the last column or row, so the mp4 is at most one pixel wider/taller
+  than the frames given; ``write_gif`` and ``write_frames`` keep the real size.
+- All writers are atomic (``motia.utils.atomic_path``): a failure leaves nothing
+  under the final name.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import logging
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from motia.errors import ConfigError, InputError
+from motia.utils import atomic_path
+
+logger = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v", ".gif")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+WRITE_SUFFIXES = (".mp4", ".mov", ".mkv")
+BACKENDS = ("auto", "decord", "pyav", "imageio")
+RESIZE_MODES = ("short_side", "long_side", "none")
+IMAGE_FPS = 8.0  # frame rate given to image folders and single images, which carry none
+
+_CHUNK = 16  # frames converted/resized at once: bounds the float copy of full-size frames
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a video (file, image folder or image) holds, without decoding its frames."""
+
+    num_frames: int
+    fps: float
+    width: int
+    height: int
+    has_audio: bool
+    path: Path
+    audio_duration: float | None = None  # seconds of the first audio stream, when known
+
+    @property
+    def duration(self) -> float:
+        """Seconds of video."""
+        return self.num_frames / self.fps
+
+
+@dataclass
+class Clip:
+    """Frames read from a source, with where they came from.
+
+    ``frame_indices`` are indices into the source's frames; ``source_fps`` is the
+    source's frame rate (``fps`` is the clip's own rate, ``source_fps / stride``).
+    """
+
+    frames: torch.Tensor  # (F, 3, H, W) float32 in [0, 1]
+    fps: float
+    source: Path
+    frame_indices: list[int]
+    has_audio: bool = False
+    source_fps: float | None = None
+    backend: str = ""
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.frames.shape[0])
+
+    @property
+    def height(self) -> int:
+        return int(self.frames.shape[2])
+
+    @property
+    def width(self) -> int:
+        return int(self.frames.shape[3])
+
+    @property
+    def start_time(self) -> float:
+        """Seconds into the source of the first frame used (the audio start to keep)."""
+        return self.frame_indices[0] / (self.source_fps or self.fps)
+
+    @property
+    def duration(self) -> float:
+        """Seconds of the source the clip covers (the audio length to keep)."""
+        return self.num_frames / self.fps
+
+
+@dataclass(frozen=True)
+class _Selection:
+    """Frame indices start, start+stride, ... (at most max_frames of them)."""
+
+    start: int = 0
+    stride: int = 1
+    max_frames: int | None = None
+
+    def indices(self, total: int) -> list[int]:
+        idx = range(self.start, total, self.stride)
+        return list(idx if self.max_frames is None else idx[: self.max_frames])
+
+    def wants(self, i: int, taken: int) -> bool:
+        return i >= self.start and (i - self.start) % self.stride == 0 and not self.full(taken)
+
+    def full(self, taken: int) -> bool:
+        return self.max_frames is not None and taken >= self.max_frames
+
+
+class _NoFrames(Exception):
+    """The selection is empty: the source has ``total`` frames."""
+
+    def __init__(self, total: int):
+        super().__init__(total)
+        self.total = total
+
+
+# ----------------------------------------------------------------------------- probing
+
+
+def _natural_key(p: Path) -> list:
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", p.name)]
+
+
+def _image_files(folder: Path) -> list[Path]:
+    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(files, key=_natural_key)
+
+
+def _check_path(path: str | Path) -> tuple[Path, str]:
+    """Resolve the input kind ("folder", "image" or "video") or raise a one-line InputError."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder; check the input video path")
+    if path.is_dir():
+        if not _image_files(path):
+            raise InputError(
+                f"{path}: folder holds no images ({', '.join(IMAGE_SUFFIXES)}); point to a video or a frame folder"
+            )
+        return path, "folder"
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        return path, "image"
+    if suffix in VIDEO_SUFFIXES:
+        return path, "video"
+    raise InputError(
+        f"{path}: unsupported file type {suffix or '(none)'!r}; use a video "
+        f"({', '.join(VIDEO_SUFFIXES)}), an image or a folder of images"
+    )
+
+
+def _audio_info(path: Path) -> tuple[bool, float | None]:
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                return False, None
+            stream = container.streams.audio[0]
+            if stream.duration is not None and stream.time_base is not None:
+                return True, float(stream.duration * stream.time_base)
+            if container.duration is not None:
+                return True, container.duration / 1_000_000
+            return True, None
+    except Exception:  # noqa: BLE001 - no readable audio is reported as no audio
+        return False, None
+
+
+def _stream_fps(stream) -> float:
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    return float(rate) if rate else 0.0
+
+
+def _probe_pyav(path: Path) -> VideoInfo:
+    import av
+
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise ValueError("no video stream")
+        stream = container.streams.video[0]
+        fps = _stream_fps(stream)
+        width, height = stream.codec_context.width, stream.codec_context.height
+        total = stream.frames
+        if total <= 0:  # webm/mkv carry no frame count: count packets (demux only, no decoding)
+            total = sum(1 for p in container.demux(stream) if p.size > 0)
+        has_audio = bool(container.streams.audio)
+    _, audio_duration = _audio_info(path) if has_audio else (False, None)
+    return VideoInfo(total, fps, width, height, has_audio, path, audio_duration)
+
+
+def _probe_decord(path: Path) -> VideoInfo:
+    import decord
+
+    vr = decord.VideoReader(str(path), ctx=decord.cpu(0))
+    height, width = vr[0].shape[:2]
+    has_audio, audio_duration = _audio_info(path)
+    return VideoInfo(len(vr), float(vr.get_avg_fps()), width, height, has_audio, path, audio_duration)
+
+
+def probe_video(path: str | Path) -> VideoInfo:
+    """Frame count, frame rate, size and audio presence of a video file, image folder or image."""
+    path, kind = _check_path(path)
+    if kind != "video":
+        files = _image_files(path) if kind == "folder" else [path]
+        from PIL import Image
+
+        try:
+            with Image.open(files[0]) as im:
+                width, height = im.size
+        except Exception as e:  # noqa: BLE001
+            raise InputError(f"{files[0]}: cannot read image ({_reason(e)}); replace or remove it") from e
+        return VideoInfo(len(files), IMAGE_FPS, width, height, False, path)
+    errors = []
+    for probe in (_probe_pyav, _probe_decord):
+        try:
+            info = probe(path)
+            if info.num_frames > 0 and info.width > 0 and info.height > 0:
+                return info
+            errors.append(f"{probe.__name__[7:]}: no frames")
+        except Exception as e:  # noqa: BLE001 - try the next reader, report all at the end
+            errors.append(f"{probe.__name__[7:]}: {_reason(e)}")
+    raise _unreadable(path, "; ".join(errors))
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _unreadable(path: Path, why: str) -> InputError:
+    return InputError(f"{path}: cannot read video ({why}); check that it plays, or re-encode it to H.264 mp4")
+
+
+def _reason(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text[:160]
+
+
+def _read_decord(path: Path, sel: _Selection) -> tuple[np.ndarray, float, list[int]]:
+    import decord
+
+    vr = decord.VideoReader(str(path), ctx=decord.cpu(0))  # full size: see module docstring
+    idx = sel.indices(len(vr))
+    if not idx:
+        raise _NoFrames(len(vr))
+    frames = vr.get_batch(idx).asnumpy()  # (N, H, W, 3) uint8, decodes only what idx needs
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"decord returned frames of shape {tuple(frames.shape)}")
+    return frames, float(vr.get_avg_fps()), idx
+
+
+def _read_pyav(path: Path, sel: _Selection) -> tuple[np.ndarray, float, list[int]]:
+    import av
+
+    frames, idx = [], []
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        fps = _stream_fps(stream)
+        total = 0
+        for i, frame in enumerate(container.decode(stream)):
+            total = i + 1
+            if sel.wants(i, len(idx)):
+                frames.append(frame.to_ndarray(format="rgb24"))
+                idx.append(i)
+            if sel.full(len(idx)):
+                break
+    if not idx:
+        raise _NoFrames(total)
+    return np.stack(frames), fps, idx
+
+
+def _read_imageio(path: Path, sel: _Selection) -> tuple[np.ndarray, float, list[int]]:
+    import imageio.v3 as iio
+
+    if path.suffix.lower() == ".gif":
+        plugin, kwargs = "pillow", {"mode": "RGB"}
+        ms = iio.immeta(path, plugin=plugin).get("duration") or 100
+        fps = 1000.0 / ms
+    else:
+        plugin, kwargs = "FFMPEG", {}
+        fps = float(iio.immeta(path, plugin=plugin)["fps"])
+    frames, idx, total = [], [], 0
+    for i, frame in enumerate(iio.imiter(path, plugin=plugin, **kwargs)):
+        total = i + 1
+        if sel.wants(i, len(idx)):
+            frames.append(np.asarray(frame)[..., :3])
+            idx.append(i)
+        if sel.full(len(idx)):
+            break
+    if not idx:
+        raise _NoFrames(total)
+    return np.stack(frames), fps, idx
+
+
+_READERS = {"decord": _read_decord, "pyav": _read_pyav, "imageio": _read_imageio}
+
+
+def _read_images(files: list[Path], sel: _Selection) -> tuple[np.ndarray, list[int]]:
+    from PIL import Image
+
+    idx = sel.indices(len(files))
+    if not idx:
+        raise _NoFrames(len(files))
+    frames = []
+    for i in idx:
+        try:
+            with Image.open(files[i]) as im:
+                frames.append(np.asarray(im.convert("RGB")))
+        except Exception as e:  # noqa: BLE001
+            raise InputError(f"{files[i]}: cannot read image ({_reason(e)}); replace or remove it") from e
+        if frames[-1].shape != frames[0].shape:
+            h, w = frames[0].shape[:2]
+            raise InputError(
+                f"{files[i]}: size {frames[-1].shape[1]}x{frames[-1].shape[0]} differs from the first frame's "
+                f"{w}x{h}; give every frame in the folder the same size"
+            )
+    return np.stack(frames), idx
+
+
+def _decode(path: Path, sel: _Selection, backend: str) -> tuple[np.ndarray, float, list[int], str]:
+    """Run the chosen reader, or in "auto" the first of decord, PyAV, imageio that works."""
+    if backend == "auto":
+        # decord cannot measure GIFs ("broken metadata"), so it is not even tried there.
+        names = ["pyav", "imageio"] if path.suffix.lower() == ".gif" else ["decord", "pyav", "imageio"]
+    else:
+        names = [backend]
+    errors = []
+    for name in names:
+        try:
+            frames, fps, idx = _READERS[name](path, sel)
+            return frames, fps, idx, name
+        except _NoFrames as e:
+            if e.total > 0 or name == names[-1]:
+                raise
+            errors.append(f"{name}: no frames")
+        except ImportError as e:
+            if backend != "auto":
+                raise ConfigError(
+                    f"video backend {name!r} is not installed ({_reason(e)}); install it or use backend='auto'"
+                ) from e
+            errors.append(f"{name}: not installed")
+        except Exception as e:  # noqa: BLE001 - fall back to the next reader, report all at the end
+            logger.debug("video reader %s failed on %s: %s", name, path, e)
+            errors.append(f"{name}: {_reason(e)}")
+    raise _unreadable(path, "; ".join(errors))
+
+
+def target_size(height: int, width: int, size: int | None, resize: str = "short_side") -> tuple[int, int]:
+    """(H, W) after scaling so the short (or long) side equals ``size``, keeping the aspect ratio."""
+    if resize not in RESIZE_MODES:
+        raise ConfigError(f"resize={resize!r} is not one of {', '.join(RESIZE_MODES)}; pick one of them")
+    if size is None or resize == "none":
+        return height, width
+    if size < 1:
+        raise ConfigError(f"size={size} must be a positive number of pixels")
+    scale = size / (min(height, width) if resize == "short_side" else max(height, width))
+    # round() lands the chosen side exactly on ``size``; the other side never drops below a pixel.
+    h, w = max(1, round(height * scale)), max(1, round(width * scale))
+    return h, w
+
+
+def resize_frames(frames: torch.Tensor, size: int | None, resize: str = "short_side") -> torch.Tensor:
+    """Resize (F, 3, H, W) float frames keeping the aspect ratio (antialiased bilinear, clamped to [0, 1])."""
+    h, w = target_size(frames.shape[-2], frames.shape[-1], size, resize)
+    if (h, w) == tuple(frames.shape[-2:]):
+        return frames
+    out = F.interpolate(frames, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+    return out.clamp_(0.0, 1.0)
+
+
+def _to_float_frames(frames: np.ndarray, size: int | None, resize: str) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float32 (N, 3, H', W') in [0, 1], resized chunk by chunk."""
+    n, height, width = frames.shape[:3]
+    h, w = target_size(height, width, size, resize)
+    out = torch.empty((n, 3, h, w), dtype=torch.float32)
+    for i in range(0, n, _CHUNK):
+        chunk = torch.from_numpy(np.ascontiguousarray(frames[i : i + _CHUNK]))  # (n, H, W, 3)
+        chunk = chunk.permute(0, 3, 1, 2).float().div_(255.0)  # (n, 3, H, W)
+        out[i : i + _CHUNK] = resize_frames(chunk, size, resize)
+    return out
+
+
+def read_video(
+    path: str | Path,
+    start: int = 0,
+    max_frames: int | None = None,
+    stride: int = 1,
+    size: int | None = None,
+    resize: str = "short_side",
+    backend: str = "auto",
+) -> Clip:
+    """Read frames start, start+stride, ... (at most ``max_frames``) of a video, image folder or image.
+
+    ``size`` is the target length of the short or long side (``resize``), aspect ratio
+    kept; ``None`` or ``resize="none"`` keeps the source size. ``backend`` picks the
+    video decoder ("auto" tries decord, PyAV, imageio in turn). The clip's fps is the
+    source fps divided by ``stride``.
+    """
+    if backend not in BACKENDS:
+        raise ConfigError(f"backend={backend!r} is not one of {', '.join(BACKENDS)}; pick one of them")
+    if start < 0 or stride < 1 or (max_frames is not None and max_frames < 1):
+        raise ConfigError(
+            f"frame selection start={start}, stride={stride}, max_frames={max_frames} is invalid; "
+            "use start >= 0, stride >= 1, max_frames >= 1 or None"
+        )
+    target_size(1, 1, size, resize)  # validate before decoding anything
+    path, kind = _check_path(path)
+    sel = _Selection(start, stride, max_frames)
+    try:
+        if kind == "video":
+            raw, source_fps, idx, used = _decode(path, sel, backend)
+            has_audio = _audio_info(path)[0]
+        else:
+            files = _image_files(path) if kind == "folder" else [path]
+            raw, idx = _read_images(files, sel)
+            source_fps, used, has_audio = IMAGE_FPS, "pillow", False
+    except _NoFrames as e:
+        if e.total == 0:
+            raise _unreadable(path, "no decodable frames") from None
+        raise InputError(
+            f"{path}: no frames selected: start={start} but the source has {e.total} frame(s); use start < {e.total}"
+        ) from None
+    if not source_fps or source_fps <= 0:
+        logger.warning("%s reports no frame rate; assuming %s fps", path, IMAGE_FPS)
+        source_fps = IMAGE_FPS
+    frames = _to_float_frames(raw, size, resize)  # (F, 3, H, W)
+    return Clip(frames, source_fps / stride, path, idx, has_audio, source_fps, used)
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def to_uint8(frames: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Frames as uint8 numpy (F, H, W, 3).
+
+    Torch tensors are (F, 3, H, W) (float in [0, 1] or uint8); numpy arrays are
+    (F, H, W, 3) (uint8, or float in [0, 1]). A single frame (3 dims) is accepted too.
+    """
+    if isinstance(frames, torch.Tensor):
+        x = frames.detach().cpu()
+        if x.ndim == 3:
+            x = x[None]
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"torch frames must be (F, 3, H, W), got {tuple(frames.shape)}")
+        if x.dtype != torch.uint8:
+            x = x.float().clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
+        return x.permute(0, 2, 3, 1).contiguous().numpy()  # (F, H, W, 3)
+    x = np.asarray(frames)
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4 or x.shape[-1] != 3:
+        raise ValueError(f"numpy frames must be (F, H, W, 3), got {tuple(np.shape(frames))}")
+    if x.dtype != np.uint8:
+        x = np.round(np.clip(x.astype(np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
+    return np.ascontiguousarray(x)
+
+
+FrameSource = torch.Tensor | np.ndarray | Iterable[torch.Tensor | np.ndarray]
+
+
+def _uint8_chunks(frames: FrameSource) -> Iterator[np.ndarray]:
+    """uint8 (n, H, W, 3) chunks from a whole clip or an iterable of frames or chunks (streaming)."""
+    if isinstance(frames, (torch.Tensor, np.ndarray)):
+        for i in range(0, len(frames), _CHUNK):
+            yield to_uint8(frames[i : i + _CHUNK])
+    else:
+        for item in frames:
+            yield to_uint8(item)
+
+
+def _pad_even(frames: np.ndarray) -> np.ndarray:
+    """Replicate the last row/column so H and W are even (H.264 yuv420p needs it)."""
+    h, w = frames.shape[1:3]
+    if h % 2 == 0 and w % 2 == 0:
+        return frames
+    return np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+
+
+def _fps_fraction(fps: float) -> Fraction:
+    if not fps or fps <= 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    return Fraction(fps).limit_denominator(1001)
+
+
+def _audio_source(audio_from: str | Path | None):
+    """(rate, layout) of the first audio stream of ``audio_from``, or None when it has none."""
+    if audio_from is None:
+        return None
+    import av
+
+    src = Path(audio_from)
+    if not src.exists():
+        raise InputError(f"{src}: audio source not found; check audio_from or leave it empty")
+    try:
+        with av.open(str(src)) as container:
+            if not container.streams.audio:
+                return None
+            ctx = container.streams.audio[0].codec_context
+            return ctx.sample_rate, "mono" if ctx.channels == 1 else "stereo"
+    except Exception as e:  # noqa: BLE001
+        raise InputError(
+            f"{src}: cannot read its audio ({_reason(e)}); check the file or leave audio_from empty"
+        ) from e
+
+
+def _read_audio(src: Path, rate: int, layout: str, start: float, duration: float) -> np.ndarray:
+    """Samples of [start, start + duration) as float32 (channels, n), in ``layout`` at ``rate``.
+
+    Frames are placed by their timestamps, so the seek landing early costs nothing.
+    """
+    import av
+
+    first = round(start * rate)
+    last = first + round(duration * rate)
+    parts = []
+    resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate)
+    with av.open(str(src)) as container:
+        stream = container.streams.audio[0]
+        if start > 0 and stream.time_base:
+            container.seek(int(start / stream.time_base), stream=stream, backward=True)
+        for frame in container.decode(stream):
+            pos = round((frame.time or 0.0) * rate)  # first sample of this frame in the source
+            if pos >= last:
+                break
+            # Same rate in and out, so the resampler adds no delay: samples stay aligned to ``pos``.
+            data = np.concatenate([f.to_ndarray() for f in resampler.resample(frame)], axis=1)
+            lo, hi = max(first - pos, 0), min(last - pos, data.shape[1])
+            if hi > lo:
+                parts.append(data[:, lo:hi])
+    channels = 1 if layout == "mono" else 2
+    samples = np.concatenate(parts, axis=1) if parts else np.zeros((channels, 0), np.float32)
+    # A source that ends early is padded with silence, so the track always spans the request.
+    return np.pad(samples, ((0, 0), (0, last - first - samples.shape[1])))
+
+
+def _encode_audio(container, stream, samples: np.ndarray, layout: str, rate: int) -> None:
+    import av
+
+    size = stream.codec_context.frame_size or 1024
+    for i in range(0, samples.shape[1], size):
+        chunk = np.ascontiguousarray(samples[:, i : i + size], dtype=np.float32)  # (channels, n)
+        frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=layout)
+        frame.sample_rate = rate
+        frame.pts = i
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+
+
+def write_video(
+    path: str | Path,
+    frames: FrameSource,
+    fps: float,
+    audio_from: str | Path | None = None,
+    audio_start: float = 0.0,
+    audio_duration: float | None = None,
+    crf: int = 18,
+    audio_bitrate: int = 128_000,
+) -> Path:
+    """Write an H.264 yuv420p mp4 (or mov/mkv) atomically; optionally keep audio from another file.
+
+    ``frames``: torch (F, 3, H, W) float in [0, 1], numpy uint8 (F, H, W, 3), or an
+    iterable of such frames or chunks (written as they come, e.g. from a chunked
+    decoder). Odd sizes are padded by one replicated row/column. If ``audio_from``
+    has an audio stream, its [audio_start, audio_start + audio_duration) is encoded
+    to AAC (``audio_duration=None``: the length of the written video).
+    """
+    import av
+
+    path = Path(path)
+    if path.suffix.lower() not in WRITE_SUFFIXES:
+        raise InputError(
+            f"{path}: write_video writes {', '.join(WRITE_SUFFIXES)}; use write_gif or write_frames for other outputs"
+        )
+    rate = _fps_fraction(fps)
+    if audio_start < 0 or (audio_duration is not None and audio_duration <= 0):
+        raise ValueError(f"audio window start={audio_start}, duration={audio_duration}: need start >= 0, duration > 0")
+    audio = _audio_source(audio_from)
+    with atomic_path(path) as tmp:
+        container = av.open(str(tmp), mode="w")
+        ok = False
+        try:
+            video = container.add_stream("libx264", rate=rate)
+            video.pix_fmt = "yuv420p"
+            video.options = {"crf": str(crf)}
+            if audio is not None:
+                # Streams must all exist before the first packet is muxed (that writes the header).
+                astream = container.add_stream("aac", rate=audio[0], layout=audio[1])
+                astream.bit_rate = audio_bitrate
+            count, shape = 0, None
+            for chunk in _uint8_chunks(frames):  # (n, H, W, 3)
+                if shape is None:
+                    shape = chunk.shape[1:]
+                    video.height, video.width = _pad_even(chunk[:1]).shape[1:3]
+                elif chunk.shape[1:] != shape:
+                    raise ValueError(f"frame size changed from {shape} to {chunk.shape[1:]} in {path}")
+                for frame in _pad_even(chunk):
+                    for packet in video.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                        container.mux(packet)
+                count += len(chunk)
+            if count == 0:
+                raise ValueError(f"no frames to write to {path}")
+            for packet in video.encode():
+                container.mux(packet)
+            if audio is not None:
+                length = count / float(rate) if audio_duration is None else audio_duration
+                samples = _read_audio(Path(audio_from), audio[0], audio[1], audio_start, length)
+                _encode_audio(container, astream, samples, audio[1], audio[0])
+            ok = True
+        finally:
+            try:
+                container.close()
+            except Exception:  # noqa: BLE001 - closing a half-written file may fail; its error is secondary
+                if ok:
+                    raise
+    return path
+
+
+def write_gif(path: str | Path, frames: FrameSource, fps: float) -> Path:
+    """Write a looping GIF atomically (real size kept; GIF delays are whole centiseconds).
+
+    Pillow merges identical consecutive frames into one longer frame, so a static
+    stretch reads back as fewer frames.
+    """
+    import imageio.v3 as iio
+
+    path = Path(path)
+    _fps_fraction(fps)
+    data = np.concatenate(list(_uint8_chunks(frames)), axis=0)  # (F, H, W, 3)
+    with atomic_path(path) as tmp:
+        iio.imwrite(tmp, data, plugin="pillow", extension=".gif", duration=1000.0 / fps, loop=0)
+    return path
+
+
+def write_frames(folder: str | Path, frames: FrameSource) -> Path:
+    """Write frames as PNGs frame_00000.png, ... into ``folder`` atomically (a complete folder or none)."""
+    from PIL import Image
+
+    folder = Path(folder)
+    with atomic_path(folder) as tmp:
+        tmp.mkdir()
+        i = 0
+        for chunk in _uint8_chunks(frames):
+            for frame in chunk:
+                Image.fromarray(frame).save(tmp / f"frame_{i:05d}.png")
+                i += 1
+        if i == 0:
+            raise ValueError(f"no frames to write to {folder}")
+    return folder
+
+
+def side_by_side(a: torch.Tensor, b: torch.Tensor, gap: int = 4, fill: float = 0.0) -> torch.Tensor:
+    """Place two clips (F, 3, Ha, Wa) and (F, 3, Hb, Wb) left|right on one canvas, centred vertically."""
+    if a.ndim != 4 or b.ndim != 4 or a.shape[:2] != b.shape[:2]:
+        raise ValueError(f"side_by_side needs (F, 3, H, W) clips of equal F, got {tuple(a.shape)}, {tuple(b.shape)}")
+    (n, c, ha, wa), (hb, wb) = a.shape, b.shape[2:]
+    h = max(ha, hb)
+    out = torch.full((n, c, h, wa + gap + wb), fill, dtype=a.dtype, device=a.device)  # (F, 3, H, W)
+    ya, yb = (h - ha) // 2, (h - hb) // 2
+    out[:, :, ya : ya + ha, :wa] = a
+    out[:, :, yb : yb + hb, wa + gap :] = b.to(a.dtype)
+    return out
+
+
+def sample_clip_path() -> Path:
+    """Path of the bundled sample clip (24 frames, 96x64, 8 fps, with a mono audio track)."""
+    return Path(str(importlib.resources.files("motia.assets").joinpath("sample.mp4")))
