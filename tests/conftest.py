@@ -6,3 +6,13 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle():
+    """The tiny model bundle folder, built once into the user cache and reused across runs (version-keyed)."""
+    from motia.models.tiny import ensure_tiny_bundle
+
+    return ensure_tiny_bundle()
