@@ -223,7 +223,9 @@ class JobConfig(_Section):
 
 # ---------------------------------------------------------------- loading
 
-def _read_yaml(path: Path) -> dict:
+def read_yaml(path: Path) -> dict:
+    """Read a YAML mapping; a missing file or bad YAML is a one-line ConfigError."""
+    path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
     try:
@@ -270,7 +272,7 @@ def load_raw(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict:
     if path in _seen:
         chain = " -> ".join(str(p) for p in (*_seen, path))
         raise ConfigError(f"{path}: 'extends' loops back on itself ({chain})")
-    data = _read_yaml(path)
+    data = read_yaml(path)
     _resolve_input_paths(data, path.parent)
     parent = data.pop("extends", None)
     if parent is None:

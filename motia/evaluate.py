@@ -128,19 +128,10 @@ def _rel(value: Any, folder: Path) -> Any:
 
 def load_eval_config(path: str | os.PathLike) -> EvalConfig:
     """Read and validate an eval YAML; problems raise ConfigError naming the dotted key."""
-    from motia.config import validate
+    from motia.config import read_yaml, validate
 
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"eval config {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    data = read_yaml(path)
     folder = path.resolve().parent
     for key in _PATH_KEYS:
         if key in data:
