@@ -485,6 +485,41 @@ def run_eval(cfg: EvalConfig, run_method: RunMethod | None = None, progress: boo
     return {"rows": rows, "per_sequence": per_seq, "notes": notes, "output": out}
 
 
-def eval_from_file(path: str | os.PathLike, run_method: RunMethod | None = None, progress: bool = True) -> dict:
-    """``motia eval EVAL.yaml``: load the eval config and run it."""
+def run_motia(name, cfg_path, overrides, cropped, left_px, right_px, out_dir) -> torch.Tensor:
+    """The ``config:`` method runner: adapt a LoRA on the cropped clip, outpaint it back to full width.
+
+    The cropped frames are written as PNGs (lossless) and become ``video.path``;
+    the canvas is ``target_size = [H, w + left + right]`` with no resizing, so the
+    source sits where the protocol cut it (both centre it, the odd pixel on the
+    right). A canvas rounded up to a multiple of 8 is cropped back around the box.
+    Returns (F, 3, H, W) in [0, 1] straight from the decoder (no mp4 round trip).
+    """
+    from motia.adapt import adapt_from_config
+    from motia.config import load_config
+    from motia.job import load_clip
+    from motia.models import load_components
+    from motia.outpaint import outpaint
+    from motia.video import write_frames
+
+    out_dir = Path(out_dir)
+    _, _, h, w = cropped.shape
+    full_w = w + left_px + right_px
+    frames_dir = write_frames(out_dir / "input", cropped)
+    cfg = load_config(cfg_path, [
+        *overrides, f"video.path={frames_dir}", "video.resize=none", "video.start=0", "video.stride=1",
+        "video.max_frames=null", "outpaint.left=0", "outpaint.right=0", "outpaint.top=0", "outpaint.bottom=0",
+        "outpaint.aspect=null", f"outpaint.target_size=[{h}, {full_w}]", f"output.dir={out_dir}", f"output.name={name}",
+    ])  # fmt: skip
+    adapter = adapt_from_config(cfg, progress=False)
+    clip = load_clip(cfg)
+    components = load_components(cfg.models)
+    generator = torch.Generator("cpu").manual_seed(cfg.seed)
+    result = outpaint(cfg, components, clip, lora_path=adapter, generator=generator, progress=False)
+    c = result.canvas
+    x0 = c.left - left_px
+    return result.frames[:, :, c.top : c.top + h, x0 : x0 + full_w]
+
+
+def eval_from_file(path: str | os.PathLike, run_method: RunMethod | None = run_motia, progress: bool = True) -> dict:
+    """``motia eval EVAL.yaml``: load the eval config and run it (``config:`` methods run motia itself)."""
     return run_eval(load_eval_config(path), run_method=run_method, progress=progress)

@@ -238,3 +238,21 @@ def test_load_eval_config(tmp_path):
         load_eval_config(path)
     with pytest.raises(ConfigError, match="does not exist"):
         load_eval_config(tmp_path / "missing.yaml")
+
+
+def test_eval_runs_motia_itself_on_the_tiny_models(tmp_path, davis):
+    """`config:` methods through the real adapt + outpaint path (motia.evaluate.run_motia)."""
+    from motia.evaluate import run_motia
+    from motia.job import REPO_CONFIGS
+
+    root, gts = davis
+    cfg = EvalConfig(dataset=str(root), ratios=[0.25], sequences=["bear"], max_frames=3, size=32,
+                     methods={"motia": {"config": str(REPO_CONFIGS / "tiny.yaml"),
+                                        "overrides": ["adapt.steps=2", "sample.steps=2", "sample.regret.repeats=0"]}},
+                     output=str(tmp_path / "out"))  # fmt: skip
+    summary = run_eval(cfg, run_method=run_motia, progress=False)
+    row = summary["per_sequence"][0]
+    assert row["sequence"] == "bear" and row["frames"] == 3
+    assert 0 < row["psnr"] < PSNR_CAP and 0 < row["ssim"] < 1
+    run = tmp_path / "out" / "runs" / "motia" / "0.25" / "bear"
+    assert (run / "motia" / "adapter" / "adapter.safetensors").exists()
