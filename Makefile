@@ -3,7 +3,7 @@ PYTHON ?= python3
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: deps demo test test-fullsize bench
+.PHONY: deps demo test test-fullsize test-slow
 
 deps:
 	@PYTHON=$(PYTHON) bash scripts/ensure_deps.sh test
@@ -18,3 +18,6 @@ test: deps
 
 test-fullsize: deps
 	$(PYTHON) -m pytest -q -m fullsize $(PYTEST_ARGS)
+
+test-slow: deps
+	$(PYTHON) -m pytest -q -m slow $(PYTEST_ARGS)

@@ -66,7 +66,7 @@ from typing import Any, Iterator, Sequence
 import yaml
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from motia.config import JobConfig, OutpaintConfig, VideoConfig, _rel, apply_overrides, load_raw, validate
+from motia.config import JobConfig, OutpaintConfig, VideoConfig, _rel, apply_overrides, load_raw, read_yaml, validate
 from motia.errors import ConfigError, MotiaError
 from motia.utils import atomic_path
 
@@ -141,16 +141,7 @@ class BatchJob:
 def load_manifest(path: str | os.PathLike) -> BatchManifest:
     """Read and validate a batch YAML; problems raise ConfigError naming the dotted key."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"batch manifest {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    data = read_yaml(path)
     return validate(data, str(path), BatchManifest)
 
 

@@ -1,0 +1,591 @@
+"""Input-specific adaptation: train the clip's LoRA by pseudo-outpainting the clip itself.
+
+``adapt`` is one training loop that reads top to bottom (setup, data, model,
+optimizer, loop, teardown); the pieces a benchmark or a test needs on their own are
+small functions beside it: ``sample_window``, ``training_batch`` (all the step's
+randomness), ``diffusion_loss`` (the forward pass) and ``optimizer_step``.
+
+What one step does (DESIGN.md "Adaptation"): take a random window of
+``adapt.frames`` frames of the cached latents, draw one border mask for the whole
+window, give the frozen ControlNet the window's pixels with that border set to -1,
+noise the latents at a timestep uniform in [0, 1000) and regress the noise
+(epsilon MSE on the whole latent). Only the LoRA trains.
+
+Decisions worth knowing:
+
+* The latents are the VAE posterior *mean* times ``scaling_factor``, encoded once
+  and cached in ``<out_dir>/latents.pt`` (keyed by a hash of the frames and the
+  VAE), so a run and its resume see the same data; SD's own training samples the
+  posterior, whose spread is tiny for SD's VAE.
+* A clip shorter than ``adapt.frames`` trains on all of its frames every step.
+* Frames are centre-cropped to a multiple of the VAE factor (8) before encoding;
+  the masks are drawn at that pixel size.
+* Every random draw (window, mask, timestep, noise) comes from one CPU
+  ``torch.Generator`` seeded with ``cfg.seed`` (plus the process index), whose state
+  is part of every checkpoint: a resumed run ends with the same adapter as an
+  uninterrupted one.
+* Checkpoints hold the LoRA weights only (the base is frozen and comes from the
+  model files), the optimizer, LR scheduler and generator states, a ``state.json``
+  with the step and the resolved config; ``checkpoints/latest.json`` points to the
+  newest one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+
+from motia.config import JobConfig, dump_config
+from motia.errors import ConfigError, InputError
+from motia.geometry import control_video, sample_border_mask
+from motia.utils import atomic_path, peak_memory_bytes
+
+logger = logging.getLogger(__name__)
+
+LATENTS_FILE = "latents.pt"
+ADAPTER_FILE = "adapter.safetensors"
+LOG_FILE = "train_log.jsonl"
+SUMMARY_FILE = "adapt_summary.json"
+CHECKPOINTS = "checkpoints"
+LATEST = "latest.json"
+_CKPT_STATE = "state.json"
+_CKPT_LORA = "lora.safetensors"
+
+# adapt.* keys that may change between a run and its resume; everything else must match.
+_RESUMABLE_CHANGES = {"steps", "checkpoint_every", "keep_checkpoints", "log_every", "output_dir", "mixed_precision"}
+
+
+# ----------------------------------------------------------------------------- small pieces
+
+
+class TrainRNG:
+    """The run's one generator, checkpointable through ``accelerator.register_for_checkpointing``."""
+
+    def __init__(self, seed: int):
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        self.generator.set_state(state["generator"])
+
+
+def resolve_mixed_precision(setting: str, device_type: str, model_dtype: str = "auto") -> str:
+    """accelerate's mixed_precision for ``adapt.mixed_precision`` on this device.
+
+    "auto": none on CPU; on CUDA the half type the models are stored in (fp16 unless
+    ``models.dtype`` is bf16), as the reference trained in fp16.
+    """
+    if setting == "auto":
+        if device_type != "cuda":
+            return "no"
+        return "bf16" if model_dtype == "bf16" else "fp16"
+    if setting == "fp16" and device_type != "cuda":
+        raise ConfigError("adapt.mixed_precision=fp16 needs a CUDA device; use 'no' (or 'bf16') on CPU")
+    return setting
+
+
+def crop_to_multiple(frames: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Centre-crop (F, C, H, W) so H and W are multiples of ``multiple`` (the latent grid)."""
+    h, w = frames.shape[-2:]
+    ch, cw = h - h % multiple, w - w % multiple
+    if ch == 0 or cw == 0:
+        raise InputError(f"the clip's frames are {h}x{w} pixels; adaptation needs at least {multiple}x{multiple}")
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return frames[..., top : top + ch, left : left + cw]
+
+
+@torch.no_grad()
+def encode_frames(vae, frames: torch.Tensor, chunk: int, device) -> torch.Tensor:
+    """(F, 3, H, W) in [0, 1] -> (F, 4, H/8, W/8) float32 CPU latents: posterior mean x scaling_factor."""
+    dtype = next(vae.parameters()).dtype
+    out = []
+    for i in range(0, frames.shape[0], chunk):
+        x = frames[i : i + chunk].to(device=device, dtype=dtype) * 2 - 1  # (n, 3, H, W) in [-1, 1]
+        out.append(vae.encode(x).latent_dist.mean.float().cpu())
+    latents = torch.cat(out) * vae.config.scaling_factor  # (F, 4, h, w)
+    if not torch.isfinite(latents).all():
+        raise InputError(f"the VAE gave non-finite latents in {dtype}; run with models.dtype=fp32")
+    return latents
+
+
+def cached_latents(path: Path, key: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """Latents from ``path`` if it was written for ``key``, else ``compute()`` them and write it (atomically)."""
+    if path.is_file():
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+            if data.get("key") == key:
+                return data["latents"]
+        except Exception:  # noqa: BLE001 - a damaged cache is recomputed, never trusted
+            logger.warning("ignoring unreadable latent cache %s", path)
+    latents = compute()
+    with atomic_path(path) as tmp:
+        torch.save({"key": key, "latents": latents}, tmp)
+    return latents
+
+
+def latent_key(frames: torch.Tensor, vae_source: str, vae_dtype: torch.dtype) -> str:
+    """Cache key of a clip's latents: its exact pixels, the VAE, the VAE's precision."""
+    h = hashlib.sha256()
+    h.update(f"{tuple(frames.shape)}|{vae_source}|{vae_dtype}".encode())
+    h.update(frames.detach().cpu().float().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+@torch.no_grad()
+def encode_prompt(tokenizer, text_encoder, prompt: str, device) -> torch.Tensor:
+    """(1, 77, D) float32 CLIP hidden states of ``prompt``, padded to the tokenizer's max length."""
+    ids = tokenizer(
+        prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+    return text_encoder(ids.to(device))[0].float()
+
+
+def sample_window(num_frames: int, length: int, generator: torch.Generator) -> tuple[int, int]:
+    """A random [start, end) of ``length`` frames; the whole clip (no draw) when it is not longer."""
+    if num_frames <= length:
+        return 0, num_frames
+    start = int(torch.randint(0, num_frames - length + 1, (1,), generator=generator))
+    return start, start + length
+
+
+def training_batch(
+    latents: torch.Tensor,
+    frames: torch.Tensor,
+    *,
+    window: int,
+    batch_size: int,
+    mask_ranges: Mapping[str, tuple[float, float]],
+    num_train_timesteps: int,
+    generator: torch.Generator,
+    device=None,
+) -> dict[str, torch.Tensor]:
+    """Draw one step's data: per sample a window, a border mask; then timesteps and noise.
+
+    ``latents`` (F, 4, h, w) and ``frames`` (F, 3, H, W) in [0, 1] are the whole clip. Returns
+    ``latents`` (B, 4, f, h, w), ``control`` (B*f, 3, H, W) with the border = -1, ``known``
+    (B, H, W), ``t`` (B,) and ``noise`` (B, 4, f, h, w), on ``device``. The order of draws is
+    fixed, so the generator state alone decides the batch.
+    """
+    H, W = frames.shape[-2:]
+    lat, ctl, known = [], [], []
+    for _ in range(batch_size):
+        s, e = sample_window(frames.shape[0], window, generator)
+        mask = sample_border_mask(H, W, mask_ranges, generator)  # (H, W), 1 = known
+        lat.append(latents[s:e])  # (f, 4, h, w)
+        ctl.append(control_video(frames[s:e], mask))  # (f, 3, H, W)
+        known.append(mask)
+    x0 = torch.stack(lat).permute(0, 2, 1, 3, 4)  # (B, 4, f, h, w)
+    t = torch.randint(0, num_train_timesteps, (batch_size,), generator=generator)
+    noise = torch.randn(x0.shape, generator=generator)  # (B, 4, f, h, w)
+    batch = {"latents": x0, "control": torch.cat(ctl), "known": torch.stack(known), "t": t, "noise": noise}
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def diffusion_loss(
+    unet, controlnet, batch: Mapping[str, torch.Tensor], text: torch.Tensor, noise_scheduler
+) -> torch.Tensor:
+    """Epsilon-prediction MSE of the UNet (with the frozen ControlNet's residuals) on one batch.
+
+    ``text`` is (1, 77, D) (or (B, 77, D)); UNetMotionModel wants it once per frame, batch-major.
+    The ControlNet runs per frame under no_grad in its own dtype.
+    """
+    x0, noise, t = batch["latents"], batch["noise"], batch["t"]
+    B, C, f, h, w = x0.shape
+    noisy = noise_scheduler.add_noise(x0, noise, t)  # (B, 4, f, h, w)
+    text_f = text.expand(B, -1, -1).repeat_interleave(f, dim=0)  # (B*f, 77, D)
+    cn_dtype = next(controlnet.parameters()).dtype
+    with torch.no_grad():
+        down, mid = controlnet(
+            noisy.permute(0, 2, 1, 3, 4).reshape(B * f, C, h, w).to(cn_dtype),  # (B*f, 4, h, w)
+            t.repeat_interleave(f),
+            encoder_hidden_states=text_f.to(cn_dtype),
+            controlnet_cond=batch["control"].to(cn_dtype),
+            return_dict=False,
+        )
+    pred = unet(
+        noisy, t, encoder_hidden_states=text_f,
+        down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False,
+    )[0]  # (B, 4, f, h, w)
+    return F.mse_loss(pred.float(), noise.float())
+
+
+def optimizer_step(accelerator, params, optimizer, lr_scheduler, grad_clip: float) -> None:
+    """Clip, step, schedule, clear: the update after ``accelerator.backward(loss)``."""
+    if accelerator.sync_gradients:
+        accelerator.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    lr_scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def make_optimizer(params, a) -> torch.optim.Optimizer:
+    """AdamW (8-bit from bitsandbytes when ``adapt.use_8bit_adam``) over the LoRA parameters."""
+    if a.use_8bit_adam:
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise ConfigError(
+                "adapt.use_8bit_adam=true needs bitsandbytes (pip install bitsandbytes); "
+                "or set adapt.use_8bit_adam=false"
+            ) from None
+        return bnb.optim.AdamW8bit(params, lr=a.lr, weight_decay=a.weight_decay)
+    return torch.optim.AdamW(params, lr=a.lr, weight_decay=a.weight_decay)
+
+
+def prepare_training(unet, controlnet, a, accelerator):
+    """Freeze the base, make the optimizer and LR schedule, hand them to accelerate.
+
+    The LoRA must already be attached (``lora.add_lora``). Returns
+    ``(unet, params, optimizer, lr_scheduler)`` with ``unet`` the prepared model.
+    """
+    from diffusers.optimization import get_scheduler
+
+    if a.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    unet.train()
+    controlnet.requires_grad_(False).eval()
+    params = [p for p in unet.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, a)
+    lr_scheduler = get_scheduler(
+        a.lr_scheduler, optimizer, num_warmup_steps=a.warmup_steps, num_training_steps=a.steps
+    )
+    unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
+    return unet, params, optimizer, lr_scheduler
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _trainable_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _load_trainable_state(model, path: Path) -> None:
+    """Copy saved LoRA weights into the attached (trainable) parameters in place, so the optimizer keeps them."""
+    import safetensors.torch
+
+    saved = safetensors.torch.load_file(str(path))
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if set(saved) != set(params):
+        raise InputError(f"{path}: the checkpoint's LoRA does not match this run's (targets or rank changed)")
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(saved[n])
+
+
+def _fingerprint(cfg: JobConfig, clip_key: str) -> dict:
+    """What must match for a resume to continue the same run."""
+    d = cfg.to_dict()
+    return {
+        "seed": d["seed"], "prompt": d["prompt"], "models": d["models"], "video": d["video"],
+        "adapt": {k: v for k, v in d["adapt"].items() if k not in _RESUMABLE_CHANGES},
+        "clip": clip_key,
+    }
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in _diff(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [f"{prefix.rstrip('.')} (checkpoint {a!r}, now {b!r})"]
+
+
+def latest_checkpoint(ckpt_root: Path) -> tuple[Path, dict] | None:
+    """The checkpoint folder ``latest.json`` points to, with its ``state.json``; None if there is none."""
+    pointer = ckpt_root / LATEST
+    if not pointer.is_file():
+        return None
+    try:
+        folder = ckpt_root / json.loads(pointer.read_text())["path"]
+        state = json.loads((folder / _CKPT_STATE).read_text())
+    except (OSError, ValueError, KeyError) as e:
+        raise InputError(f"{pointer}: unreadable checkpoint pointer ({e}); delete {ckpt_root} to start over") from None
+    return folder, state
+
+
+def _write_json(path: Path, data: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=str))
+
+
+def _rotate(ckpt_root: Path, keep: int, current: Path) -> None:
+    """Delete all but the ``keep`` newest checkpoints (by their stored step); never the current one."""
+    found = []
+    for d in ckpt_root.iterdir():
+        try:
+            found.append((json.loads((d / _CKPT_STATE).read_text())["step"], d))
+        except (OSError, ValueError, KeyError, NotADirectoryError):
+            continue
+    found.sort(key=lambda x: x[0], reverse=True)
+    for _, d in found[keep:]:
+        if d != current:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def adapt(
+    cfg: JobConfig,
+    components,
+    clip,
+    out_dir: str | os.PathLike,
+    *,
+    accelerator=None,
+    resume: bool = False,
+    progress: bool = True,
+    callback: Callable[[dict], None] | None = None,
+) -> Path:
+    """Train the clip's LoRA on ``components.unet`` and save ``<out_dir>/adapter.safetensors``; return its path.
+
+    ``components`` is a ``motia.models`` bundle (the UNet comes back with the trained
+    LoRA attached); ``clip`` a ``motia.video.Clip``. ``resume`` continues from the newest
+    checkpoint in ``out_dir`` (a fresh run otherwise, and old checkpoints there are
+    removed). ``callback({"step", "loss", "lr"})`` observes every step (a
+    KeyboardInterrupt raised there is handled like Ctrl-C: checkpoint, then re-raise).
+    ``accelerator`` (made from the config when None) serves this one call: the run's
+    checkpoint hooks and generator are registered on it.
+    """
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    from motia import lora
+
+    a = cfg.adapt
+    out_dir = Path(out_dir)
+    ckpt_root = out_dir / CHECKPOINTS
+    unet, controlnet, vae = components.unet, components.controlnet, components.vae
+
+    # --- setup: check everything that can be wrong before writing anything
+    if accelerator is None:
+        kind = torch.device(components.device).type
+        accelerator = Accelerator(
+            cpu=kind == "cpu", mixed_precision=resolve_mixed_precision(a.mixed_precision, kind, cfg.models.dtype)
+        )
+    device = accelerator.device
+    max_len = getattr(unet.config, "motion_max_seq_length", None)
+    if max_len is not None and min(a.frames, clip.num_frames) > max_len:
+        raise ConfigError(
+            f"adapt.frames={a.frames} exceeds the motion module's {max_len} frames; use adapt.frames <= {max_len}"
+        )
+    lora.resolve_targets(unet, a.lora.targets)  # a bad target pattern fails here, not after encoding
+    if a.use_8bit_adam:
+        make_optimizer([torch.nn.Parameter(torch.zeros(1))], a)  # fails clearly without bitsandbytes
+    main = accelerator.is_main_process
+    rng = TrainRNG(cfg.seed + accelerator.process_index)
+    started = time.perf_counter()
+
+    # --- data: latents once (cached), the prompt once
+    scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    frames = crop_to_multiple(clip.frames, scale)  # (F, 3, H, W) in [0, 1], on CPU
+    key = latent_key(frames, str(components.sources.get("vae", components.sources.get("base", ""))),
+                     next(vae.parameters()).dtype)
+    with accelerator.main_process_first():
+        latents = cached_latents(
+            out_dir / LATENTS_FILE, key, lambda: encode_frames(vae, frames, a.encode_chunk, device)
+        )  # (F, 4, h, w)
+    latents = latents.to(device)
+    text = encode_prompt(components.tokenizer, components.text_encoder, cfg.prompt, device)  # (1, 77, D)
+    noise_scheduler = components.scheduler
+    batch_args = dict(
+        window=a.frames, batch_size=a.batch_size, num_train_timesteps=noise_scheduler.config.num_train_timesteps,
+        mask_ranges={side: tuple(r) for side, r in a.mask.model_dump().items()}, generator=rng.generator,
+    )
+
+    # --- model: LoRA on the UNet, everything else frozen
+    if accelerator.mixed_precision == "no" and next(unet.parameters()).dtype != torch.float32:
+        unet.to(torch.float32)  # full-precision training asked for: a half base without autocast would train in half
+    for m in (vae, components.text_encoder, controlnet):
+        m.requires_grad_(False)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(cfg.seed)  # peft draws the LoRA init from the global RNG: same seed, same start
+        targets = lora.add_lora(unet, a.lora.targets, a.lora.rank, a.lora.alpha, a.lora.dropout)
+
+    # --- optimizer and checkpoint plumbing
+    unet, params, optimizer, lr_scheduler = prepare_training(unet, controlnet, a, accelerator)
+
+    def save_hook(models, weights, folder):
+        import safetensors.torch
+
+        safetensors.torch.save_file(_trainable_state(accelerator.unwrap_model(unet)), str(Path(folder) / _CKPT_LORA))
+        weights.clear()  # the frozen base is not checkpointed
+
+    def load_hook(models, folder):
+        _load_trainable_state(accelerator.unwrap_model(unet), Path(folder) / _CKPT_LORA)
+        models.clear()
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+    accelerator.register_for_checkpointing(rng)
+    fingerprint = _fingerprint(cfg, key)
+
+    def save_checkpoint(step: int) -> None:
+        if main:
+            folder = ckpt_root / f"step_{step:06d}"
+            with atomic_path(folder) as tmp:
+                accelerator.save_state(str(tmp))
+                _write_json(tmp / _CKPT_STATE, {"step": step, "fingerprint": fingerprint})
+                dump_config(cfg, tmp / "config.yaml")
+            _write_json(ckpt_root / LATEST, {"path": folder.name, "step": step})
+            _rotate(ckpt_root, a.keep_checkpoints, folder)
+        accelerator.wait_for_everyone()
+
+    step, resumed_from = 0, None
+    found = latest_checkpoint(ckpt_root) if resume else None
+    if found is not None:
+        folder, state = found
+        changed = _diff(state["fingerprint"], fingerprint)
+        if changed:
+            raise ConfigError(
+                f"cannot resume from {folder}: {'; '.join(changed)}; restore these settings or run without --resume"
+            )
+        accelerator.load_state(str(folder))
+        step, resumed_from = int(state["step"]), str(folder)
+        logger.info("resuming from %s (step %d)", folder, step)
+    elif main:
+        if resume:
+            logger.warning("no checkpoint in %s: starting from step 0", ckpt_root)
+        shutil.rmtree(ckpt_root, ignore_errors=True)  # a fresh run: old checkpoints would mix with its own
+    log_path = out_dir / LOG_FILE
+    if main:
+        _trim_log(log_path, step)
+
+    # --- loop
+    bar = tqdm(total=a.steps, initial=step, desc="adapt", unit="step", disable=not (progress and main))
+    window_losses: list[float] = []
+    loss_value = float("nan")
+    boundary_rng = rng.generator.get_state()  # generator state at the last completed step
+    in_update = False
+    loop_start, start_step = time.perf_counter(), step
+    try:
+        while step < a.steps:
+            batch = training_batch(latents, frames, device=device, **batch_args)
+            loss = diffusion_loss(unet, controlnet, batch, text, noise_scheduler)
+            accelerator.backward(loss)
+            in_update = True
+            optimizer_step(accelerator, params, optimizer, lr_scheduler, a.grad_clip)
+            step += 1
+            in_update = False
+            boundary_rng = rng.generator.get_state()
+            loss_value = loss.item()
+            lr = lr_scheduler.get_last_lr()[0]
+            window_losses.append(loss_value)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
+            if main and (step % a.log_every == 0 or step == a.steps):
+                entry = {"step": step, "loss": sum(window_losses) / len(window_losses), "lr": lr,
+                         "time": round(time.perf_counter() - started, 3)}
+                with open(log_path, "a") as f:
+                    f.write(json.dumps(entry) + "\n")
+                window_losses.clear()
+            if step % a.checkpoint_every == 0 and step < a.steps:
+                save_checkpoint(step)
+            if callback is not None:
+                callback({"step": step, "loss": loss_value, "lr": lr})
+    except KeyboardInterrupt:
+        bar.close()
+        if in_update:
+            logger.warning("interrupted inside an optimizer update: kept the last checkpoint only")
+        else:
+            rng.generator.set_state(boundary_rng)  # draws of the unfinished step are redone on resume
+            optimizer.zero_grad(set_to_none=True)
+            save_checkpoint(step)
+            logger.warning("interrupted at step %d: checkpoint saved; continue with --resume", step)
+        raise
+    bar.close()
+
+    # --- teardown: the adapter, the config beside it, a summary
+    seconds = time.perf_counter() - loop_start
+    unet = accelerator.unwrap_model(unet, keep_fp32_wrapper=False)
+    adapter_path = out_dir / ADAPTER_FILE
+    summary = {
+        "adapter": str(adapter_path),
+        "steps": a.steps,
+        "steps_run": step - start_step,
+        "resumed_from": resumed_from,
+        "final_loss": loss_value,
+        "seconds": round(seconds, 3),
+        "seconds_per_step": round(seconds / max(1, step - start_step), 4),
+        "peak_memory_bytes": peak_memory_bytes(device),
+        "device": str(device),
+        "mixed_precision": accelerator.mixed_precision,
+        "trainable_parameters": sum(p.numel() for p in params),
+        "lora_targets": len(targets),
+        "frames": [int(frames.shape[0]), int(frames.shape[2]), int(frames.shape[3])],
+    }
+    if main:
+        metadata = {
+            "base_models": dict(components.sources),
+            "source": {
+                "path": str(clip.source), "frame_indices": list(clip.frame_indices), "start": cfg.video.start,
+                "stride": cfg.video.stride, "max_frames": cfg.video.max_frames, "size": summary["frames"][1:],
+            },
+            "adapt": a.model_dump(mode="json"),
+            "seed": cfg.seed,
+            "prompt": cfg.prompt,
+            "steps": step,
+            "final_loss": loss_value,
+        }
+        lora.save_lora(adapter_path, unet, metadata)
+        dump_config(cfg, out_dir / "config.yaml")
+        _write_json(out_dir / SUMMARY_FILE, summary)
+    accelerator.wait_for_everyone()
+    logger.info(
+        "adapted %d steps in %.1f s (%.3f s/step), peak memory %.2f GB; adapter: %s",
+        summary["steps_run"], seconds, summary["seconds_per_step"], summary["peak_memory_bytes"] / 2**30, adapter_path,
+    )
+    return adapter_path
+
+
+def _trim_log(path: Path, step: int) -> None:
+    """Keep the log lines up to ``step`` (a resume rewrites what follows; a fresh run starts empty)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(line + "\n" for line in keep))
+
+
+def make_accelerator(cfg: JobConfig):
+    """The Accelerator for this job: CPU or CUDA from ``models.device``, mixed precision from ``adapt``."""
+    from accelerate import Accelerator
+
+    from motia.models import resolve_device
+
+    device = resolve_device(cfg.models.device)
+    mp = resolve_mixed_precision(cfg.adapt.mixed_precision, device.type, cfg.models.dtype)
+    return Accelerator(cpu=device.type == "cpu", mixed_precision=mp)
+
+
+def adapt_from_config(cfg: JobConfig, resume: bool = False, *, progress: bool = True) -> Path:
+    """`motia adapt`: read the clip, load the models, train; returns the adapter path.
+
+    The clip is read first and the models loaded next, so a missing video, an empty
+    frame selection or bad model paths fail before anything is written. The models
+    are loaded on the accelerator's device (under ``accelerate launch`` that is the
+    launcher's choice). Output: ``adapt.output_dir`` or ``<run dir>/adapter``.
+    """
+    from motia.job import load_clip
+    from motia.models import load_components
+
+    clip = load_clip(cfg)
+    accelerator = make_accelerator(cfg)
+    components = load_components(cfg.models, device=accelerator.device, progress=progress)
+    out_dir = Path(cfg.adapt.output_dir) if cfg.adapt.output_dir else cfg.run_dir() / "adapter"
+    return adapt(cfg, components, clip, out_dir, accelerator=accelerator, resume=resume, progress=progress)

@@ -1,0 +1,32 @@
+"""Accelerate entry for adaptation: ``accelerate launch train/adapt.py --config CONFIG [--resume] [key=value ...]``.
+
+A thin shell over ``motia adapt``: the same config, overrides, errors (one line,
+exit code 2) and ``--debug``. Device and mixed precision come from the config
+(``models.device``, ``adapt.mixed_precision``); under ``accelerate launch --cpu``
+use a config with ``models.device: cpu``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+
+from motia.cli import main  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Train the clip's LoRA (input-specific adaptation).")
+    p.add_argument("--config", required=True, help="job config YAML, e.g. configs/tiny.yaml")
+    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. adapt.steps=200 video.path=clip.mp4")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    args = parse_args()
+    argv = ["--debug"] * args.debug + ["adapt", args.config, *args.overrides] + ["--resume"] * args.resume
+    sys.exit(main(argv))
