@@ -284,5 +284,5 @@ def test_example_configs_validate():
     assert spec.clips[1].outpaint.aspect == "9:16" and spec.clips[2].video.model_dump(exclude_unset=True) == {
         "stride": 2, "max_frames": 48}
     ev = load_eval_config(REPO / "configs" / "eval_example.yaml")
-    assert ev.ratios == [0.25, 0.66] and set(ev.methods) == {"motia", "reference"}
+    assert ev.ratios == [0.25, 0.66] and set(ev.methods) == {"motia", "reference", "motia_base"}
     assert ev.dataset == str((REPO / "data" / "DAVIS").resolve())
