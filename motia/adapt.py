@@ -581,10 +581,14 @@ def adapt_from_config(cfg: JobConfig, resume: bool = False, *, progress: bool = 
     are loaded on the accelerator's device (under ``accelerate launch`` that is the
     launcher's choice). Output: ``adapt.output_dir`` or ``<run dir>/adapter``.
     """
+    from motia.caption import resolve_prompt
     from motia.job import load_clip
     from motia.models import load_components
 
     clip = load_clip(cfg)
+    prompt = resolve_prompt(cfg, clip)  # `prompt: auto` -> a caption of the middle frame
+    if prompt != cfg.prompt:
+        cfg = cfg.model_copy(update={"prompt": prompt})
     accelerator = make_accelerator(cfg)
     components = load_components(cfg.models, device=accelerator.device, progress=progress)
     out_dir = Path(cfg.adapt.output_dir) if cfg.adapt.output_dir else cfg.run_dir() / "adapter"
