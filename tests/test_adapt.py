@@ -224,7 +224,6 @@ def test_bad_input_is_one_line_and_writes_nothing(clip_path, tmp_path, capsys, o
     assert not out.exists()
 
 
-@pytest.mark.slow  # ~40 s on a busy 2-core box: two fresh interpreters importing torch + diffusers
 def test_accelerate_launch(clip_path, tmp_path):
     out = tmp_path / "launch"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
