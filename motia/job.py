@@ -55,23 +55,34 @@ def plan(cfg: JobConfig, src_h: int, src_w: int):
 
 
 def work_estimate(cfg: JobConfig, num_frames: int, canvas) -> dict:
-    """Frames, windows and model calls of an outpainting run, before it starts."""
-    from .sampler import count_model_calls
+    """Frames, windows and model calls of an outpainting run, before it starts.
+
+    ``unet_calls`` counts UNetMotionModel calls (one per window per denoising move,
+    regret repeats included; a guided call is one call on a doubled batch),
+    ``guided_calls`` those with the doubled batch, ``unet_frames`` the frames all
+    calls process (batch rows x window frames: the ControlNet runs once per such frame).
+    """
+    from .sampler import count_model_calls, regret_schedule
     from .windows import temporal_windows
 
     s = cfg.sample
     windows = temporal_windows(num_frames, s.window.frames, s.window.stride)
-    calls = count_model_calls(
-        s.steps, num_windows=len(windows), guidance_steps=s.guidance_steps if s.guidance_scale != 1 else 0,
-        regret_jump=s.regret.jump, regret_repeats=s.regret.repeats, regret_fraction=s.regret.fraction,
-    )
+    regret = dict(jump=s.regret.jump, repeats=s.regret.repeats, fraction=s.regret.fraction)
+    calls = count_model_calls(s.steps, len(windows), **regret)
+    moves = [src for src, dst in regret_schedule(s.steps, **regret) if dst > src]
+    guided_moves = sum(src < s.guidance_steps for src in moves) if s.guidance_scale != 1 else 0
+    window_frames = sum(e - b for b, e in windows)
     h, w = canvas.latent_size()
     return {
         "frames": num_frames,
         "canvas": f"{canvas.height}x{canvas.width}",
         "latent": f"4x{num_frames}x{h}x{w}",
         "windows": len(windows),
-        **calls,
+        "steps": s.steps,
+        "model_moves": len(moves),
+        "unet_calls": calls,
+        "guided_calls": guided_moves * len(windows),
+        "unet_frames": (len(moves) + guided_moves) * window_frames,
     }
 
 

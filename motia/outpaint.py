@@ -1,0 +1,452 @@
+"""Pattern-aware outpainting of a clip of any length: canvas, known latents, windowed sampling, decode, paste.
+
+``outpaint`` takes a clip and loaded models and returns the outpainted frames;
+``outpaint_from_config`` is the `motia outpaint` verb around it (read the clip,
+load the models, run, write the outputs). The pieces are small functions:
+``encode_prompt``, ``encode_frames``, ``decode_latents`` and ``make_denoiser``
+(the sampler's model call: ControlNet per frame + UNetMotionModel per window).
+
+Memory. Only latent-sized tensors of the whole clip (noise, latents, known
+latents, the window blend) live on the device. Control frames are built per
+temporal window from the source frames when that window runs, the ControlNet and
+UNet see one window at a time, and the VAE encodes/decodes chunks of frames, so
+device memory depends on the window and the chunk, not on the clip length.
+
+Conventions: frames (F, 3, H, W) float in [0, 1] on the CPU; latents
+(B, 4, F, h, w) float32, B = 1; the known-latent mask is 1 where every pixel of a
+latent cell is source (``geometry.latent_known_mask``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from tqdm.auto import tqdm
+
+from motia.config import JobConfig
+from motia.errors import ConfigError, MotiaError
+
+log = logging.getLogger(__name__)
+
+# Source pixels are placed on this fill before encoding the known latents; the
+# fill itself only reaches cells the known mask discards.
+CANVAS_FILL = 0.5
+SUMMARY_FILE = "summary.json"
+
+Control = torch.Tensor | Callable[[int, int], torch.Tensor]
+
+
+@dataclass
+class OutpaintResult:
+    """What ``outpaint`` returns. ``frames`` is None when a ``sink`` consumed the decoded chunks."""
+
+    frames: torch.Tensor | None  # (F, 3, H, W) float32 CPU in [0, 1]
+    latents: torch.Tensor  # (1, 4, F, h, w) float32 CPU, the clean sampled latents
+    canvas: object  # motia.geometry.Canvas
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: encode, sample, decode, total
+    work: dict = field(default_factory=dict)  # job.work_estimate: frames, windows, UNet calls, ...
+    peak_memory: dict[str, int] = field(default_factory=dict)  # bytes: after sampling, at the end
+    prompt: str = ""
+
+
+# ----------------------------------------------------------------------------- small pieces
+
+
+def resolve_prompt(cfg: JobConfig, clip) -> str:
+    """The text prompt: ``cfg.prompt``, or a caption of the clip for ``prompt: auto`` (motia.caption)."""
+    import importlib
+    import importlib.util
+
+    if importlib.util.find_spec("motia.caption") is not None:
+        caption = importlib.import_module("motia.caption")
+        if hasattr(caption, "resolve_prompt"):
+            return caption.resolve_prompt(cfg, clip)
+    if cfg.prompt == "auto":
+        raise ConfigError("prompt: 'auto' needs the captioning module (motia.caption), which is missing; write a prompt")
+    return cfg.prompt
+
+
+@torch.no_grad()
+def encode_prompt(components, prompt: str, negative: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    """(cond, uncond) CLIP hidden states, each (1, 77, D), on the components' device and dtype; computed once per run."""
+    from motia.adapt import encode_prompt as _encode  # the same tokenisation adaptation trained with
+
+    device, dtype = components.device, components.dtype
+    cond = _encode(components.tokenizer, components.text_encoder, prompt, device)
+    uncond = _encode(components.tokenizer, components.text_encoder, negative, device)
+    return cond.to(dtype), uncond.to(dtype)
+
+
+def encode_frames(vae, frames: torch.Tensor, chunk: int) -> torch.Tensor:
+    """(F, 3, H, W) in [0, 1] -> (F, 4, H/8, W/8) float32 CPU latents: posterior mean x scaling_factor, chunked."""
+    from motia.adapt import encode_frames as _encode  # same latents as adaptation cached
+
+    return _encode(vae, frames, chunk, next(vae.parameters()).device)
+
+
+@torch.no_grad()
+def decode_latents(vae, latents: torch.Tensor, chunk: int) -> Iterator[torch.Tensor]:
+    """Yield decoded frames (n, 3, H, W) float32 CPU in [0, 1], ``chunk`` frames per VAE call.
+
+    ``latents`` is (B, 4, F, h, w) (frames of every batch row in turn) or (F, 4, h, w),
+    scaled by ``scaling_factor`` as the sampler produces them. Only one chunk is
+    on the device at a time.
+    """
+    if latents.dim() == 5:
+        b, c, f, h, w = latents.shape
+        latents = latents.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)  # (B*F, 4, h, w)
+    param = next(vae.parameters())
+    scale = vae.config.scaling_factor
+    for i in range(0, latents.shape[0], chunk):
+        z = latents[i : i + chunk].to(device=param.device, dtype=param.dtype) / scale  # (n, 4, h, w)
+        pixels = vae.decode(z).sample.float()  # (n, 3, H, W) in about [-1, 1]
+        if not torch.isfinite(pixels).all():
+            raise MotiaError(
+                f"the VAE decoded non-finite pixels in {param.dtype}; run with models.dtype=fp32 "
+                "or models.vae=stabilityai/sd-vae-ft-mse"
+            )
+        yield (pixels / 2 + 0.5).clamp(0, 1).cpu()
+
+
+def make_denoiser(
+    components,
+    text: tuple[torch.Tensor, torch.Tensor],
+    control: Control,
+    controlnet_scale: float = 1.0,
+) -> Callable:
+    """The sampler's model call ``denoise(x, t, cond, window) -> eps`` for one temporal window.
+
+    ``text`` is (cond, uncond) from ``encode_prompt``. ``control`` is the control
+    video (F, 3, H, W) (CPU or device; pixels to generate = -1) or a callable
+    ``control(start, end)`` returning the window's frames. Per call the window's
+    control frames go to the device, the ControlNet runs on each frame of the
+    window (batch B*f, doubled rows when guided) and the UNetMotionModel on the
+    window, with the text repeated per frame as it wants. ``controlnet_scale`` 0
+    (or no ControlNet) skips the ControlNet.
+    """
+    unet, controlnet, device = components.unet, components.controlnet, components.device
+    dtype = next(unet.parameters()).dtype
+    cond_text, uncond_text = (t.to(device=device, dtype=dtype) for t in text)  # (1, 77, D) each
+    use_cn = controlnet is not None and controlnet_scale > 0
+    cn_dtype = next(controlnet.parameters()).dtype if use_cn else dtype
+    window_control = control if callable(control) else (lambda s, e: control[s:e])
+
+    @torch.no_grad()
+    def denoise(x: torch.Tensor, t: torch.Tensor, cond: dict, window) -> torch.Tensor:
+        n, c, f, h, w = x.shape  # (B, C, f, h, w); B doubled (uncond rows first) when guided
+        if cond.get("guided", False):
+            half = n // 2
+            emb = torch.cat([uncond_text.expand(half, -1, -1), cond_text.expand(n - half, -1, -1)])
+        else:
+            emb = cond_text.expand(n, -1, -1)
+        emb = emb.repeat_interleave(f, dim=0)  # (B*f, 77, D), batch-major like the frames below
+        t = t.to(device)
+        sample = x.to(device=device, dtype=dtype)
+        residuals = {}
+        if use_cn:
+            ctl = window_control(*window).to(device=device, dtype=cn_dtype)  # (f, 3, H, W)
+            down, mid = controlnet(
+                sample.permute(0, 2, 1, 3, 4).reshape(n * f, c, h, w).to(cn_dtype),  # (B*f, C, h, w)
+                t,
+                encoder_hidden_states=emb.to(cn_dtype),
+                controlnet_cond=ctl.repeat(n, 1, 1, 1),  # (B*f, 3, H, W)
+                conditioning_scale=controlnet_scale,
+                return_dict=False,
+            )
+            residuals = {"down_block_additional_residuals": [r.to(dtype) for r in down],
+                         "mid_block_additional_residual": mid.to(dtype)}
+        return unet(sample, t, encoder_hidden_states=emb, return_dict=False, **residuals)[0]  # (B, C, f, h, w)
+
+    return denoise
+
+
+def check_window(cfg: JobConfig, unet) -> None:
+    """Reject a ``sample.window.frames`` longer than the motion module's positional encoding allows."""
+    limit = getattr(unet.config, "motion_max_seq_length", None)
+    if limit is not None and cfg.sample.window.frames > limit:
+        raise ConfigError(
+            f"sample.window.frames={cfg.sample.window.frames} is longer than the motion module allows "
+            f"({limit} frames per call); use sample.window.frames={min(16, limit)} or less"
+        )
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0 and int(os.environ.get("LOCAL_RANK", "0")) == 0
+
+
+def _window_attention(cfg: JobConfig, components, canvas, stack: contextlib.ExitStack) -> list:
+    """Install window attention on the UNet (and on the ControlNet's matching down blocks) when the config asks."""
+    from motia.attention import install_window_attention, should_enable
+
+    wa = cfg.sample.window_attention
+    if not should_enable(wa.enabled, canvas.height, canvas.width):
+        return []
+    handles = [stack.enter_context(install_window_attention(components.unet, wa.blocks, wa.grid, wa.shift))]
+    # The ControlNet is the UNet's encoder half: window the same down blocks there.
+    cn_blocks = [b for b in wa.blocks if b.startswith(("down_blocks", "mid_block"))]
+    if components.controlnet is not None and cn_blocks and cfg.sample.controlnet_scale > 0:
+        handles.append(stack.enter_context(install_window_attention(components.controlnet, cn_blocks, wa.grid, wa.shift)))
+    log.info("window attention on %s (grid %dx%d)", ", ".join(wa.blocks), *wa.grid)
+    return handles
+
+
+def _attach_lora(cfg: JobConfig, components, canvas, lora_path, stack: contextlib.ExitStack) -> dict:
+    """Load the adapter into the UNet, scaled by ``sample.lora_scale`` and the insertion map; undone by ``stack``."""
+    from peft.tuners.lora import LoraLayer
+
+    from motia.geometry import insertion_map
+    from motia.insertion import spatial_lora_scale
+    from motia.lora import ADAPTER_NAME, load_lora, remove_lora
+
+    unet = components.unet
+    meta = load_lora(unet, lora_path)
+    stack.callback(remove_lora, unet)
+    for m in unet.modules():
+        if isinstance(m, LoraLayer):
+            m.set_scale(ADAPTER_NAME, cfg.sample.lora_scale)
+    scale_map = insertion_map(canvas, cfg.sample.insertion.k)  # (H, W), 1 on the known box
+    stack.enter_context(spatial_lora_scale(unet, scale_map, ADAPTER_NAME))
+    return meta
+
+
+# ----------------------------------------------------------------------------- the stage
+
+
+def outpaint(
+    cfg: JobConfig,
+    components,
+    clip,
+    *,
+    lora_path: str | os.PathLike | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+    sink: Callable[[torch.Tensor], None] | None = None,
+) -> OutpaintResult:
+    """Outpaint ``clip`` (a motia.video.Clip) onto the canvas the config plans, with an optional adapted LoRA.
+
+    Steps: plan the canvas; encode the source placed on the canvas to known latents;
+    sample from noise drawn from ``generator`` (default: CPU, ``cfg.seed``) with
+    temporal windows, guidance, noise regret and the known-region blend; decode in
+    chunks; paste the source back (``output.paste``). The LoRA, its spatial scaling
+    and window attention are installed for the sampling only and removed again, so
+    ``components`` are unchanged afterwards. ``sink`` receives each decoded chunk
+    (n, 3, H, W) instead of the result keeping all frames.
+    """
+    from motia.geometry import known_mask, latent_known_mask, paste_known, place_on_canvas
+    from motia.geometry import control_video as make_control
+    from motia.job import plan, work_estimate
+    from motia.sampler import sample
+    from motia.utils import peak_memory_bytes
+    from motia.windows import temporal_windows
+
+    t_start = time.perf_counter()
+    s = cfg.sample
+    device = components.device
+    check_window(cfg, components.unet)
+    source = clip.frames  # (F, 3, h_src, w_src) in [0, 1], CPU
+    num_frames = int(source.shape[0])
+    canvas = plan(cfg, int(source.shape[2]), int(source.shape[3]))
+    vae_scale = 2 ** (len(components.vae.config.block_out_channels) - 1)
+    h, w = canvas.latent_size(vae_scale)
+    windows = temporal_windows(num_frames, s.window.frames, s.window.stride)
+    work = work_estimate(cfg, num_frames, canvas)
+    if generator is None:
+        generator = torch.Generator("cpu").manual_seed(cfg.seed)
+    prompt = resolve_prompt(cfg, clip)
+
+    # --- conditions: text once, known latents chunk by chunk, control frames per window (lazily)
+    text = encode_prompt(components, prompt, s.negative_prompt)
+    chunk = s.decode_chunk
+    known_latents = torch.cat([
+        encode_frames(components.vae, place_on_canvas(source[i : i + chunk], canvas, CANVAS_FILL), chunk)
+        for i in range(0, num_frames, chunk)
+    ])  # (F, 4, h, w)
+    known_latents = known_latents.permute(1, 0, 2, 3).unsqueeze(0).to(device)  # (1, 4, F, h, w)
+    latent_mask = latent_known_mask(canvas, vae_scale, device=device)  # (h, w), 1 = known
+    pixel_known = known_mask(canvas)  # (H, W)
+
+    def control(start: int, end: int) -> torch.Tensor:  # (f, 3, H, W), generated pixels = -1
+        return make_control(place_on_canvas(source[start:end], canvas, 0.0), pixel_known)
+
+    # --- schedule and initial noise (a private scheduler copy: the shared one keeps its state)
+    scheduler = type(components.scheduler).from_config(components.scheduler.config)
+    scheduler.set_timesteps(s.steps)
+    shape = (1, components.unet.config.in_channels, num_frames, h, w)  # (1, 4, F, h, w)
+    noise = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
+    latents = noise.to(device) * scheduler.init_noise_sigma
+    t_encoded = time.perf_counter()
+
+    log.info(
+        "outpaint: %d frames, canvas %dx%d (latent %dx%d), %d window(s) of %d (stride %d), %d steps, "
+        "%d UNet calls (%d guided)", num_frames, canvas.height, canvas.width, h, w, len(windows),
+        min(s.window.frames, num_frames), s.window.stride, s.steps, work["unet_calls"], work["guided_calls"],
+    )
+    show = progress and _is_main_process()
+    with contextlib.ExitStack() as stack:
+        if lora_path is not None:
+            _attach_lora(cfg, components, canvas, lora_path, stack)
+        attention = _window_attention(cfg, components, canvas, stack)
+        model = make_denoiser(components, text, control, s.controlnet_scale)
+        bar = stack.enter_context(
+            tqdm(total=work["unet_calls"], disable=not show, desc="outpaint", unit="window", leave=False)
+        )
+
+        def denoise(x, t, cond, window):
+            for handle in attention:  # shift the attention windows at every model move
+                handle.set_step(cond["move"])
+            eps = model(x, t, cond, window)
+            bar.update()
+            return eps
+
+        def on_move(i: int, total: int, x: torch.Tensor) -> None:
+            bar.set_postfix_str(f"step {i + 1}/{total}")
+
+        latents = sample(
+            denoise, latents, scheduler.timesteps, scheduler.alphas_cumprod,
+            windows=windows, weights_kind=s.window.weights,
+            guidance_scale=s.guidance_scale, guidance_steps=s.guidance_steps,
+            known_latents=known_latents, known_mask=latent_mask,
+            regret_jump=s.regret.jump, regret_repeats=s.regret.repeats, regret_fraction=s.regret.fraction,
+            final_alpha_cumprod=scheduler.final_alpha_cumprod, generator=generator,
+            callback=on_move, progress=False,
+        )  # (1, 4, F, h, w)
+    del known_latents, noise
+    t_sampled = time.perf_counter()
+    peak_sampling = peak_memory_bytes(device)
+
+    # --- decode chunk by chunk, paste the source pixels back
+    kept = []
+    start = 0
+    for pixels in decode_latents(components.vae, latents, chunk):  # (n, 3, H, W)
+        end = start + pixels.shape[0]
+        if cfg.output.paste:
+            pixels = paste_known(pixels, source[start:end], canvas, cfg.output.feather)
+        if sink is not None:
+            sink(pixels)
+        else:
+            kept.append(pixels)
+        start = end
+    frames = torch.cat(kept) if kept else None  # (F, 3, H, W)
+    t_end = time.perf_counter()
+    return OutpaintResult(
+        frames=frames,
+        latents=latents.cpu(),
+        canvas=canvas,
+        timings={"encode": t_encoded - t_start, "sample": t_sampled - t_encoded,
+                 "decode": t_end - t_sampled, "total": t_end - t_start},
+        work=work,
+        peak_memory={"sampling": peak_sampling, "total": peak_memory_bytes(device)},
+        prompt=prompt,
+    )
+
+
+# ----------------------------------------------------------------------------- the verb
+
+
+def _write_json(path: Path, data) -> None:
+    import json
+
+    from motia.utils import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def write_outputs(cfg: JobConfig, clip, result: OutpaintResult, run_dir: Path) -> dict[str, str]:
+    """Write the configured outputs of one run (each atomically); return their paths by kind."""
+    from motia.geometry import place_on_canvas
+    from motia.video import side_by_side, write_frames, write_gif, write_video
+
+    o = cfg.output
+    frames = result.frames  # (F, 3, H, W)
+    fps = o.fps or clip.fps
+    outputs: dict[str, str] = {}
+    if o.mp4:
+        audio = None
+        if o.keep_audio and clip.has_audio:
+            if o.fps is None or abs(o.fps - clip.fps) < 1e-6:
+                audio = clip.source
+            else:
+                log.warning("output.fps=%s differs from the clip's %.3f fps: the audio would not line up, so it is dropped",
+                            o.fps, clip.fps)
+        path = write_video(run_dir / "outpaint.mp4", frames, fps, audio_from=audio, audio_start=clip.start_time,
+                           audio_duration=clip.duration if audio else None, crf=o.crf)
+        outputs["mp4"] = str(path)
+    if o.gif:
+        outputs["gif"] = str(write_gif(run_dir / "outpaint.gif", frames, fps))
+    if o.frames:
+        outputs["frames"] = str(write_frames(run_dir / "frames", frames))
+    if o.side_by_side:
+        step = cfg.sample.decode_chunk
+
+        def pairs():  # source on the canvas | result, a chunk at a time
+            for i in range(0, frames.shape[0], step):
+                yield side_by_side(place_on_canvas(clip.frames[i : i + step], result.canvas, 0.0), frames[i : i + step])
+
+        outputs["side_by_side"] = str(write_video(run_dir / "side_by_side.mp4", pairs(), fps, crf=o.crf))
+    return outputs
+
+
+def outpaint_from_config(cfg: JobConfig, lora: str | os.PathLike | None = None, *, progress: bool = True) -> dict:
+    """`motia outpaint`: read the clip, load the models, outpaint, write the outputs; return the run summary.
+
+    The clip is read (and the canvas planned, the adapter file checked) before any
+    model loads, so bad input fails fast and writes nothing. Outputs go to
+    ``cfg.run_dir()``: outpaint.mp4 (with the source's audio for the frames used),
+    optional outpaint.gif and frames/, side_by_side.mp4, config.yaml, summary.json.
+    """
+    from motia.config import dump_config
+    from motia.job import load_clip, plan
+    from motia.lora import read_lora_metadata
+    from motia.models import load_components
+    from motia.utils import peak_memory_bytes
+
+    t0 = time.perf_counter()
+    clip = load_clip(cfg)
+    plan(cfg, clip.height, clip.width)  # geometry errors before the models load
+    if lora is not None:
+        read_lora_metadata(lora)
+    prompt = resolve_prompt(cfg, clip)
+    if prompt != cfg.prompt:
+        cfg = cfg.model_copy(update={"prompt": prompt})  # config.yaml records the prompt actually used
+    components = load_components(cfg.models, progress=progress)
+    t_loaded = time.perf_counter()
+    generator = torch.Generator("cpu").manual_seed(cfg.seed)
+    result = outpaint(cfg, components, clip, lora_path=lora, generator=generator, progress=progress)
+
+    run_dir = cfg.run_dir()
+    outputs = write_outputs(cfg, clip, result, run_dir)
+    outputs["config"] = str(dump_config(cfg, run_dir / "config.yaml"))
+    outputs["summary"] = str(run_dir / SUMMARY_FILE)
+    summary = {
+        "time_s": round(time.perf_counter() - t0, 3),
+        "load_s": round(t_loaded - t0, 3),
+        "timings_s": {k: round(v, 3) for k, v in result.timings.items()},
+        "peak_memory_bytes": peak_memory_bytes(components.device),
+        "peak_memory_sampling_bytes": result.peak_memory["sampling"],
+        "device": str(components.device),
+        "dtype": str(components.dtype).removeprefix("torch."),
+        "source": str(clip.source),
+        "frames": clip.num_frames,
+        "fps": cfg.output.fps or clip.fps,
+        "source_size": [clip.height, clip.width],
+        "canvas": result.canvas.to_dict(),
+        "windows": result.work["windows"],
+        "unet_calls": result.work["unet_calls"],
+        "work": result.work,
+        "prompt": result.prompt,
+        "seed": cfg.seed,
+        "lora": str(lora) if lora is not None else None,
+        "models": components.sources,
+        "outputs": outputs,
+    }
+    _write_json(run_dir / SUMMARY_FILE, summary)
+    log.info("outpaint: wrote %s", run_dir)
+    return summary

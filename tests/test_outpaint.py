@@ -1,0 +1,268 @@
+"""Outpainting on the tiny bundle: any clip length, exact known region, determinism, LoRA/insertion, regret, guidance, CLI."""
+
+import json
+from contextlib import nullcontext
+from pathlib import Path
+
+import pytest
+import torch
+
+from motia.config import load_config
+from motia.errors import ConfigError
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CHEAP = [  # small and fast: 2 steps, no guidance, no regret, windows 16/4, no resizing
+    "sample.steps=2", "sample.guidance_scale=1.0", "sample.regret.repeats=0",
+    "sample.window.frames=16", "sample.window.stride=4", "video.resize=none",
+    "outpaint.left=0.25", "outpaint.right=0.25",
+]
+
+
+def make_cfg(video, *overrides, tmp=None):
+    extra = [f"video.path={video}"] + ([f"output.dir={tmp}"] if tmp is not None else [])
+    return load_config(CONFIGS / "tiny.yaml", CHEAP + extra + list(overrides))
+
+
+def synthetic_frames(num_frames, h, w):
+    """(F, 3, h, w) smooth moving colour pattern in [0, 1]."""
+    f = torch.arange(num_frames, dtype=torch.float32).view(-1, 1, 1, 1)
+    y = torch.linspace(0, 3, h).view(1, 1, -1, 1)
+    x = torch.linspace(0, 4, w).view(1, 1, 1, -1)
+    phase = torch.tensor([0.0, 2.0, 4.0]).view(1, 3, 1, 1)
+    return 0.5 + 0.4 * torch.sin(x + 0.7 * y + 0.3 * f + phase)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny models are overhead-bound: one thread is as fast, and immune to a busy machine's oversubscription."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def components():
+    from motia.models import load_components
+
+    return load_components(load_config(CONFIGS / "tiny.yaml").models)
+
+
+@pytest.fixture(scope="module")
+def clip_file(tmp_path_factory):
+    from motia.video import write_video
+
+    path = tmp_path_factory.mktemp("clips") / "clip100.mp4"
+    return write_video(path, synthetic_frames(100, 32, 32), fps=8)
+
+
+def load(cfg):
+    from motia.job import load_clip
+
+    return load_clip(cfg)
+
+
+def run(cfg, components, **kw):
+    from motia.outpaint import outpaint
+
+    return outpaint(cfg, components, load(cfg), progress=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def baseline(clip_file, components):
+    cfg = make_cfg(clip_file, "video.max_frames=7")
+    return cfg, run(cfg, components)
+
+
+def box(frames, canvas):
+    top, left, bottom, right = canvas.box
+    return frames[:, :, top:bottom, left:right]
+
+
+@pytest.mark.parametrize("num_frames", [1, 7, 16, 37, 100])
+def test_every_frame_is_outpainted_for_any_length(num_frames, clip_file, components):
+    cfg = make_cfg(clip_file, f"video.max_frames={num_frames}")
+    result = run(cfg, components)
+    assert result.frames.shape == (num_frames, 3, 32, 48)
+    assert torch.isfinite(result.frames).all()
+    assert result.frames.min() >= 0 and result.frames.max() <= 1
+    assert result.latents.shape == (1, 4, num_frames, 4, 6)
+    expected_windows = {1: 1, 7: 1, 16: 1, 37: 7, 100: 22}[num_frames]
+    assert result.work["windows"] == expected_windows
+    assert result.work["unet_calls"] == 2 * expected_windows
+
+
+def test_known_region_is_the_input_and_seed_decides(baseline, clip_file, components):
+    cfg, first = baseline
+    source = load(cfg).frames
+    assert torch.equal(box(first.frames, first.canvas), source)  # pasted back bit for bit
+    again = run(cfg, components)
+    assert torch.equal(again.frames, first.frames)
+    assert torch.equal(again.latents, first.latents)
+    other = run(make_cfg(clip_file, "video.max_frames=7", "seed=1"), components)
+    assert (other.frames - first.frames).abs().max() > 1e-3  # the generated border depends on the seed
+    assert torch.equal(box(other.frames, other.canvas), source)
+
+
+def test_without_paste_the_known_latents_are_the_source_latents(baseline, clip_file, components):
+    from motia.geometry import latent_known_mask, place_on_canvas
+    from motia.outpaint import CANVAS_FILL, encode_frames
+
+    cfg = make_cfg(clip_file, "video.max_frames=7", "output.paste=false")
+    result = run(cfg, components)
+    source = load(cfg).frames
+    mask = latent_known_mask(result.canvas).bool()  # (h, w)
+    assert mask.any() and not mask.all()
+    expected = encode_frames(components.vae, place_on_canvas(source, result.canvas, CANVAS_FILL), cfg.sample.decode_chunk)
+    expected = expected.permute(1, 0, 2, 3)  # (4, F, h, w)
+    assert torch.equal(result.latents[0][..., mask], expected[..., mask])
+    assert not torch.equal(result.latents[0][..., ~mask], expected[..., ~mask])
+    # The VAE is lossy: without the paste the known pixels are close to, but not, the input.
+    assert not torch.equal(box(result.frames, result.canvas), source)
+    assert torch.equal(result.latents, baseline[1].latents)  # the paste comes after sampling
+
+
+def _save_lora(unet, path, random_b):
+    from motia.lora import _adapter_parameters, add_lora, remove_lora, save_lora
+
+    add_lora(unet, "temporal", rank=4, alpha=4)
+    if random_b:
+        g = torch.Generator().manual_seed(0)
+        for name, p in sorted(_adapter_parameters(unet, "motia").items()):
+            if ".lora_B." in name:
+                p.data = torch.randn(p.shape, generator=g) * 0.5
+    path = save_lora(path, unet)
+    remove_lora(unet)
+    return path
+
+
+def _assert_clean(components, processors):
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    unet = components.unet
+    assert not any(isinstance(m, BaseTunerLayer) for m in unet.modules())
+    assert not getattr(unet, "peft_config", None)
+    for model in (unet, components.controlnet):
+        assert all(not m._forward_pre_hooks and not m._forward_hooks for m in model.modules())
+    assert components.unet.attn_processors == processors["unet"]
+    assert components.controlnet.attn_processors == processors["controlnet"]
+
+
+def test_lora_and_insertion_map(baseline, clip_file, components, tmp_path, monkeypatch):
+    processors = {"unet": components.unet.attn_processors, "controlnet": components.controlnet.attn_processors}
+    cfg, plain = baseline
+    zero = _save_lora(components.unet, tmp_path / "zero.safetensors", random_b=False)
+    lora = _save_lora(components.unet, tmp_path / "lora.safetensors", random_b=True)
+
+    # A LoRA whose lora_B is all zero adds nothing.
+    out = run(cfg, components, lora_path=zero)
+    torch.testing.assert_close(out.frames, plain.frames, rtol=0, atol=1e-6)
+    _assert_clean(components, processors)
+
+    # K = 0 makes the insertion map all ones: the plain LoRA (no spatial hooks at all).
+    cfg_k0 = make_cfg(clip_file, "video.max_frames=7", "sample.insertion.k=0")
+    k0 = run(cfg_k0, components, lora_path=lora)
+    with monkeypatch.context() as m:
+        m.setattr("motia.insertion.spatial_lora_scale", lambda *a, **k: nullcontext())
+        uniform = run(cfg_k0, components, lora_path=lora)
+    torch.testing.assert_close(k0.frames, uniform.frames, rtol=0, atol=1e-6)
+    assert (k0.frames - plain.frames).abs().max() > 1e-3  # the LoRA does act
+
+    # K = 2 fades the LoRA into the new region: a different result; window attention on too,
+    # and afterwards nothing of either is left on the shared models.
+    cfg_k2 = make_cfg(clip_file, "video.max_frames=7", "sample.window_attention.enabled=true")
+    during = []
+
+    def look(module, args):
+        from peft.tuners.lora import LoraLayer
+
+        top = module.attn_processors["down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor"]
+        during.append((type(top).__name__, sum(isinstance(m, LoraLayer) for m in module.modules())))
+
+    hook = components.unet.register_forward_pre_hook(look)
+    try:
+        k2 = run(cfg_k2, components, lora_path=lora)
+    finally:
+        hook.remove()
+    assert during and all(name == "WindowAttnProcessor" and layers > 0 for name, layers in during)
+    assert (k2.frames - k0.frames).abs().max() > 1e-3
+    _assert_clean(components, processors)
+
+
+def test_noise_regret_off_is_the_plain_loop(baseline, clip_file, components):
+    calls = []
+    hook = components.unet.register_forward_pre_hook(lambda m, args: calls.append(1))
+    try:
+        regret = ["video.max_frames=7", "sample.regret.jump=1", "sample.regret.fraction=1.0"]
+        off = run(make_cfg(clip_file, *regret, "sample.regret.repeats=0"), components)
+        assert len(calls) == 2  # M = 0: one call per step, as the plain loop
+        calls.clear()
+        on = run(make_cfg(clip_file, *regret, "sample.regret.repeats=1"), components)
+    finally:
+        hook.remove()
+    assert torch.equal(off.frames, baseline[1].frames)  # the baseline runs with regret off entirely
+    assert len(calls) == on.work["unet_calls"] == 3  # level 1 re-noised to 0 and denoised again once
+    assert (on.frames - off.frames).abs().max() > 1e-4
+
+
+def test_guidance_only_on_the_configured_steps(clip_file, components):
+    batches = {"unet": [], "controlnet": []}
+
+    def record(name):
+        return lambda m, args, kwargs: batches[name].append(int((args[0] if args else kwargs["sample"]).shape[0]))
+
+    hooks = [components.unet.register_forward_pre_hook(record("unet"), with_kwargs=True),
+             components.controlnet.register_forward_pre_hook(record("controlnet"), with_kwargs=True)]
+    try:
+        cfg = make_cfg(clip_file, "video.max_frames=7", "sample.steps=3", "sample.guidance_scale=7.5",
+                       "sample.guidance_steps=1", "sample.negative_prompt=blurry")
+        result = run(cfg, components)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert batches["unet"] == [2, 1, 1]  # (B, C, F, h, w): doubled batch on the first step only
+    assert batches["controlnet"] == [14, 7, 7]  # per frame of the window
+    assert result.work["guided_calls"] == 1 and torch.isfinite(result.frames).all()
+
+
+def test_window_longer_than_the_motion_module_is_rejected(clip_file, components):
+    cfg = make_cfg(clip_file, "sample.window.frames=33", "sample.window.stride=4")
+    with pytest.raises(ConfigError, match=r"sample\.window\.frames"):
+        run(cfg, components)
+
+
+def test_odd_source_end_to_end_with_audio(tmp_path):
+    from motia.outpaint import outpaint_from_config
+    from motia.video import probe_video, read_video
+
+    # The bundled clip (96x64, audio) resized to a 37-pixel short side: 37x56.
+    cfg = load_config(CONFIGS / "tiny.yaml", CHEAP + [
+        "video.path=sample:clip", "video.resize=short_side", "video.size=37", "video.start=3",
+        "video.max_frames=5", f"output.dir={tmp_path}", "output.name=odd", "output.gif=true", "output.frames=true",
+    ])
+    summary = outpaint_from_config(cfg)
+    run_dir = tmp_path / "odd"
+    out = summary["outputs"]
+    assert set(out) == {"mp4", "gif", "frames", "side_by_side", "config", "summary"}
+    assert all(Path(p).exists() for p in out.values())
+    info = probe_video(out["mp4"])
+    canvas = summary["canvas"]
+    assert (canvas["src_h"], canvas["src_w"]) == (37, 56) and (canvas["height"], canvas["width"]) == (40, 88)
+    assert (info.num_frames, info.height, info.width) == (5, 40, 88)
+    assert info.has_audio
+    assert read_video(out["frames"]).num_frames == 5
+    assert probe_video(out["side_by_side"]).num_frames == 5
+    saved = json.loads((run_dir / "summary.json").read_text())
+    assert saved["frames"] == 5 and saved["unet_calls"] == 2 and saved["lora"] is None
+    assert load_config(run_dir / "config.yaml").video.max_frames == 5
+    assert not [p for p in run_dir.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+
+
+def test_missing_video_exits_2_and_writes_nothing(tmp_path, capsys):
+    from motia.cli import main
+
+    code = main(["outpaint", str(CONFIGS / "tiny.yaml"), f"video.path={tmp_path / 'nope.mp4'}",
+                 f"output.dir={tmp_path / 'out'}"])
+    assert code == 2
+    assert "nope.mp4" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
