@@ -59,6 +59,7 @@ CHECKPOINTS = "checkpoints"
 LATEST = "latest.json"
 _CKPT_STATE = "state.json"
 _CKPT_LORA = "lora.safetensors"
+_CKPT_RNG = "generators.pt"
 
 # adapt.* keys that may change between a run and its resume; everything else must match.
 _RESUMABLE_CHANGES = {"steps", "checkpoint_every", "keep_checkpoints", "log_every", "output_dir", "mixed_precision"}
@@ -68,16 +69,32 @@ _RESUMABLE_CHANGES = {"steps", "checkpoint_every", "keep_checkpoints", "log_ever
 
 
 class TrainRNG:
-    """The run's one generator, checkpointable through ``accelerator.register_for_checkpointing``."""
+    """The run's one generator per process (seeded ``seed + process index``).
+
+    Checkpoints hold every process's state (gathered to the main process, which
+    alone writes the checkpoint), so each rank resumes its own stream of windows,
+    masks and noise rather than all ranks taking rank 0's.
+    """
 
     def __init__(self, seed: int):
         self.generator = torch.Generator().manual_seed(int(seed))
 
-    def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
+    def save_all(self, folder: Path | None, state: torch.Tensor | None = None) -> None:
+        """Gather every process's generator state; the main process (``folder`` not None) writes them."""
+        from accelerate.utils import gather_object
 
-    def load_state_dict(self, state: Mapping) -> None:
-        self.generator.set_state(state["generator"])
+        states = gather_object([self.generator.get_state() if state is None else state])
+        if folder is not None:
+            torch.save(list(states), Path(folder) / _CKPT_RNG)
+
+    def load_own(self, folder: Path, process_index: int, num_processes: int) -> None:
+        states = torch.load(Path(folder) / _CKPT_RNG, weights_only=True)
+        if len(states) != num_processes:
+            raise ConfigError(
+                f"cannot resume from {folder}: it was saved by {len(states)} process(es), this run has "
+                f"{num_processes}; resume with --num_processes {len(states)}"
+            )
+        self.generator.set_state(states[process_index])
 
 
 def resolve_mixed_precision(setting: str, device_type: str, model_dtype: str = "auto") -> str:
@@ -426,14 +443,16 @@ def adapt(
 
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
-    accelerator.register_for_checkpointing(rng)
     fingerprint = _fingerprint(cfg, key)
 
     def save_checkpoint(step: int) -> None:
-        if main:
+        if not main:
+            rng.save_all(None)
+        else:
             folder = ckpt_root / f"step_{step:06d}"
             with atomic_path(folder) as tmp:
                 accelerator.save_state(str(tmp))
+                rng.save_all(tmp)
                 _write_json(tmp / _CKPT_STATE, {"step": step, "fingerprint": fingerprint})
                 dump_config(cfg, tmp / "config.yaml")
             _write_json(ckpt_root / LATEST, {"path": folder.name, "step": step})
@@ -450,6 +469,7 @@ def adapt(
                 f"cannot resume from {folder}: {'; '.join(changed)}; restore these settings or run without --resume"
             )
         accelerator.load_state(str(folder))
+        rng.load_own(folder, accelerator.process_index, accelerator.num_processes)
         step, resumed_from = int(state["step"]), str(folder)
         logger.info("resuming from %s (step %d)", folder, step)
     elif main:

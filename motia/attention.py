@@ -7,7 +7,8 @@ the cost. Here each token attends only to the tokens of its window: a (gh, gw) g
 those blocks drops about gh*gw times.
 
 Shifting. Window boundaries move between denoising steps so information crosses
-them over the run. The offset (dy, dx) for denoising step ``i`` is deterministic::
+them over the run. The offset (dy, dx) for step ``i`` is deterministic (``motia.outpaint``
+counts model moves: every denoising step, noise-regret repeats included)::
 
     [(0, 0), (wh // 2, ww // 2), (0, ww // 2), (wh // 2, 0)][i % 4]
 

@@ -21,6 +21,24 @@ from .errors import MotiaError
 def _add_config(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("config", nargs=None if required else "?", help="job config YAML (e.g. configs/tiny.yaml)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. sample.steps=10 video.path=clip.mp4")
+    _add_debug(p)
+
+
+def _add_debug(p: argparse.ArgumentParser) -> None:
+    # Also accepted after the verb; SUPPRESS keeps the top-level value when it is not given here.
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks and debug logs")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse a command line; ``key=value`` overrides may come before or after the verb's options."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,13 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="adapt and outpaint the bundled sample clip with the tiny models (CPU)")
     p.add_argument("overrides", nargs="*", help="dotted overrides on configs/tiny.yaml")
+    _add_debug(p)
 
     p = sub.add_parser("batch", help="adapt and outpaint every clip of a batch manifest")
     p.add_argument("manifest", help="batch YAML (see configs/batch_example.yaml)")
     p.add_argument("overrides", nargs="*", help="dotted overrides applied to every clip")
+    _add_debug(p)
 
     p = sub.add_parser("eval", help="score outpainting on a DAVIS/YouTube-VOS style dataset")
     p.add_argument("config", help="eval YAML (see configs/eval_example.yaml)")
+    _add_debug(p)
 
     p = sub.add_parser("adapters", help="manage the adapter cache")
     asub = p.add_subparsers(dest="adapters_verb", metavar="ACTION")
@@ -123,7 +144,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )

@@ -29,13 +29,27 @@ from .utils import atomic_path
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads ``1e-4`` as a float (YAML 1.1 needs ``1.0e-4``)."""
+    """SafeLoader that reads ``1e-4`` as a float (YAML 1.1 needs ``1.0e-4``) and ``9:16`` as a string."""
 
 
+_INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+# YAML 1.1 reads 9:16 as the base-60 number 556; here it stays the string "9:16" (an aspect).
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in (_INT, _FLOAT)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
 _Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    _INT,
+    re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
     list("-+0123456789"),
+)
+_Loader.add_implicit_resolver(
+    _FLOAT,
+    re.compile(
+        r"^(?:[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)?|[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+0123456789."),
 )
 
 
@@ -82,7 +96,7 @@ class OutpaintConfig(_Section):
     top: float = Field(0.0, ge=0)
     bottom: float = Field(0.0, ge=0)
     target_size: list[int] | None = None  # [height, width]
-    aspect: str | None = None  # "9:16", "16:9", ...
+    aspect: str | float | None = None  # "9:16", "16/9", or a number width/height
     multiple: int = Field(8, ge=8)
 
     @field_validator("target_size")
@@ -169,6 +183,13 @@ class WindowAttentionSection(_Section):
         return v
 
 
+class RAUSection(_Section):
+    """HiDiffusion's RAU-Net (motia.rau): the blocks below the top one at half resolution early on."""
+
+    enabled: bool = False  # for canvases well above 512 px; off by default
+    fraction: float = Field(0.4, ge=0, le=1)  # active on the steps with index < fraction * steps
+
+
 class SampleConfig(_Section):
     """Pattern-aware outpainting: DDIM sampling with windows, guidance, regret, insertion."""
 
@@ -182,7 +203,10 @@ class SampleConfig(_Section):
     lora_scale: float = Field(1.0, ge=0)
     controlnet_scale: float = Field(1.0, ge=0)
     window_attention: WindowAttentionSection = WindowAttentionSection()
+    rau: RAUSection = RAUSection()
     decode_chunk: int = Field(8, ge=1)  # frames per VAE decode call
+    channels_last: bool = False  # UNet + ControlNet weights in channels-last during sampling
+    compile: bool = False  # torch.compile the UNet's forward for the run (first calls compile)
 
 
 class OutputConfig(_Section):
@@ -255,6 +279,32 @@ def read_yaml(path: Path) -> dict:
     return data
 
 
+_CANVAS_MODES = {"left": "sides", "right": "sides", "top": "sides", "bottom": "sides",
+                 "target_size": "target_size", "aspect": "aspect"}
+
+
+def choose_canvas(outpaint: dict, chosen: dict) -> dict:
+    """``outpaint`` without the canvas keys of a mode other than the one(s) ``chosen`` sets.
+
+    A later layer (a config that ``extends``, an override) that picks a canvas mode
+    (non-zero sides, ``target_size`` or ``aspect``) replaces the inherited canvas of
+    another mode instead of conflicting with it: ``outpaint.aspect=9:16`` on top of
+    base.yaml's ``left/right: 0.5`` gives a 9:16 canvas. Sides of the same mode merge
+    key by key (``outpaint.left=0.3`` keeps an inherited ``right``).
+    """
+    modes = {_CANVAS_MODES[k] for k, v in chosen.items() if k in _CANVAS_MODES and v not in (None, 0, 0.0)}
+    if not modes or not isinstance(outpaint, dict):
+        return outpaint
+    return {k: v for k, v in outpaint.items() if _CANVAS_MODES.get(k) in (None, *modes)}
+
+
+def merge_layers(base: dict, over: dict) -> dict:
+    """``deep_merge`` of two config layers, with the canvas mode rule of ``choose_canvas``."""
+    if isinstance(base.get("outpaint"), dict) and isinstance(over.get("outpaint"), dict):
+        base = {**base, "outpaint": choose_canvas(base["outpaint"], over["outpaint"])}
+    return deep_merge(base, over)
+
+
 def deep_merge(base: dict, over: dict) -> dict:
     """Merge ``over`` into a copy of ``base``; mappings merge key by key, anything else replaces."""
     out = dict(base)
@@ -295,7 +345,7 @@ def load_raw(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict:
         return data
     if not isinstance(parent, str):
         raise ConfigError(f"{path}: 'extends' must be a file path, got {type(parent).__name__}")
-    return deep_merge(load_raw(path.parent / parent, (*_seen, path)), data)
+    return merge_layers(load_raw(path.parent / parent, (*_seen, path)), data)
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -316,6 +366,8 @@ def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
     data = deep_merge(data, {})
     for item in overrides:
         parts, value = parse_override(item)
+        if len(parts) == 2 and parts[0] == "outpaint" and isinstance(data.get("outpaint"), dict):
+            data["outpaint"] = choose_canvas(data["outpaint"], {parts[1]: value})
         node = data
         for i, part in enumerate(parts[:-1]):
             child = node.get(part)

@@ -283,6 +283,12 @@ def load_scorers(lpips_weights=None, i3d_path=None, device: str | torch.device =
         out.i3d = I3DFeatures.from_path(i3d_path, device)
     except MetricUnavailable as e:
         out.skipped["FVD"] = str(e)
+    if out.i3d is not None:
+        import importlib.util
+
+        if importlib.util.find_spec("scipy") is None:  # the Frechet distance needs it, after all the scoring
+            raise InputError("i3d_path is set but FVD needs scipy: pip install 'motia[eval]' (or scipy), "
+                             "or remove i3d_path to skip FVD")
     return out
 
 

@@ -197,6 +197,41 @@ def _window_attention(cfg: JobConfig, components, canvas, stack: contextlib.Exit
     return handles
 
 
+def _rau(cfg: JobConfig, components, stack: contextlib.ExitStack):
+    """Install RAU-Net on the UNet when ``sample.rau.enabled``; the caller switches it per step."""
+    if not cfg.sample.rau.enabled:
+        return None
+    from motia.rau import install_rau
+
+    rau = stack.enter_context(install_rau(components.unet))
+    log.info("RAU-Net on the first %.0f%% of the steps", 100 * cfg.sample.rau.fraction)
+    return rau
+
+
+def _speed_switches(cfg: JobConfig, components, stack: contextlib.ExitStack) -> None:
+    """``sample.channels_last`` and ``sample.compile`` for this run only; both undone by ``stack``."""
+    s = cfg.sample
+    if s.channels_last:
+        models = [m for m in (components.unet, components.controlnet) if m is not None]
+        # Keep the original storages: converting back would leave 1x1 conv weights with
+        # channels-last strides (still "contiguous"), which changes conv kernels and bits.
+        saved = [(p, p.data) for m in models for p in m.parameters()]
+        for m in models:
+            m.to(memory_format=torch.channels_last)
+
+        def restore():
+            for p, data in saved:
+                p.data = data
+
+        stack.callback(restore)
+    if s.compile:
+        unet = components.unet
+        # An instance attribute shadows the class's forward; deleting it restores the eager one.
+        # Hooks (LoRA map, window attention, RAU) stay outside the compiled region.
+        unet.forward = torch.compile(unet.forward, dynamic=False)
+        stack.callback(lambda: unet.__dict__.pop("forward", None))
+
+
 def _attach_lora(cfg: JobConfig, components, canvas, lora_path, stack: contextlib.ExitStack) -> dict:
     """Load the adapter into the UNet, scaled by ``sample.lora_scale`` and the insertion map; undone by ``stack``."""
     from peft.tuners.lora import LoraLayer
@@ -234,14 +269,16 @@ def outpaint(
     Steps: plan the canvas; encode the source placed on the canvas to known latents;
     sample from noise drawn from ``generator`` (default: CPU, ``cfg.seed``) with
     temporal windows, guidance, noise regret and the known-region blend; decode in
-    chunks; paste the source back (``output.paste``). The LoRA, its spatial scaling
-    and window attention are installed for the sampling only and removed again, so
-    ``components`` are unchanged afterwards. ``sink`` receives each decoded chunk
+    chunks; paste the source back (``output.paste``). The LoRA, its spatial scaling,
+    window attention, RAU-Net and the speed switches (channels-last, compile) are
+    installed for the sampling only and removed again, so ``components`` are
+    unchanged afterwards. ``sink`` receives each decoded chunk
     (n, 3, H, W) instead of the result keeping all frames.
     """
     from motia.geometry import known_mask, latent_known_mask, paste_known, place_on_canvas
     from motia.geometry import control_video as make_control
     from motia.job import plan, work_estimate
+    from motia.rau import active_at
     from motia.sampler import sample
     from motia.utils import peak_memory_bytes
     from motia.windows import temporal_windows
@@ -293,6 +330,8 @@ def outpaint(
         if lora_path is not None:
             _attach_lora(cfg, components, canvas, lora_path, stack)
         attention = _window_attention(cfg, components, canvas, stack)
+        rau = _rau(cfg, components, stack)
+        _speed_switches(cfg, components, stack)
         model = make_denoiser(components, text, control, s.controlnet_scale)
         bar = stack.enter_context(
             tqdm(total=work["unet_calls"], disable=not show, desc="outpaint", unit="window", leave=False)
@@ -301,6 +340,8 @@ def outpaint(
         def denoise(x, t, cond, window):
             for handle in attention:  # shift the attention windows at every model move
                 handle.set_step(cond["move"])
+            if rau is not None:
+                rau.set_active(active_at(cond["step"], s.steps, s.rau.fraction))
             eps = model(x, t, cond, window)
             bar.update()
             return eps

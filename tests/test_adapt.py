@@ -260,3 +260,18 @@ def test_8bit_adam_without_bitsandbytes(clip_path, pristine, tmp_path):
     with pytest.raises(ConfigError, match="bitsandbytes"):
         run(cfg, fresh(pristine), tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_generator_states_are_saved_per_process(tmp_path):
+    from motia.adapt import TrainRNG
+
+    rng = TrainRNG(5)
+    rng.generator.manual_seed(5)
+    torch.rand(3, generator=rng.generator)
+    rng.save_all(tmp_path)  # one process: a list of one state
+    expected = torch.rand(3, generator=rng.generator)
+    fresh = TrainRNG(0)
+    fresh.load_own(tmp_path, process_index=0, num_processes=1)
+    assert torch.equal(torch.rand(3, generator=fresh.generator), expected)
+    with pytest.raises(ConfigError, match="--num_processes 1"):
+        TrainRNG(0).load_own(tmp_path, process_index=1, num_processes=2)

@@ -59,3 +59,12 @@ def test_debug_shows_the_traceback():
     proc = subprocess.run([sys.executable, "-m", "motia", "--debug", "info", TINY, "sample.stepz=3"],
                           capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 2 and "Traceback" in proc.stderr and "error: " in proc.stderr
+
+
+def test_options_and_overrides_in_any_order(capsys):
+    assert main(["info", TINY, "--debug", "sample.steps=3", "outpaint.aspect=9:16"]) == 0
+    out = capsys.readouterr().out
+    assert "steps: 3" in out and "aspect: '9:16'" in out
+    with pytest.raises(SystemExit) as e:
+        main(["info", TINY, "sample.steps=3", "--nope"])
+    assert e.value.code == 2 and "--nope" in capsys.readouterr().err

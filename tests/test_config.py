@@ -1,5 +1,7 @@
 """Config schema: extends, overrides, unknown keys and wrong types named by dotted key."""
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -92,3 +94,23 @@ def test_repo_configs_load():
 
     for name in ("base.yaml", "tiny.yaml"):
         load_config(REPO_CONFIGS / name)
+
+
+def test_aspect_reads_as_text_and_picks_the_canvas_mode(tmp_path):
+    # YAML 1.1 would read 9:16 as the base-60 number 556.
+    cfg = load_config("configs/base.yaml", ["outpaint.aspect=9:16"])
+    assert cfg.outpaint.aspect == "9:16"
+    # ... and choosing the aspect replaces base.yaml's left/right 0.5 instead of conflicting with them.
+    assert (cfg.outpaint.left, cfg.outpaint.right) == (0.0, 0.0)
+    cfg = load_config("configs/base.yaml", ["outpaint.left=0.3"])  # same mode: merged key by key
+    assert (cfg.outpaint.left, cfg.outpaint.right, cfg.outpaint.aspect) == (0.3, 0.5, None)
+    child = tmp_path / "child.yaml"
+    child.write_text(f"extends: {Path('configs/base.yaml').resolve()}\noutpaint:\n  target_size: [512, 1024]\n")
+    cfg = load_config(child)
+    assert cfg.outpaint.target_size == [512, 1024] and cfg.outpaint.left == 0.0
+    cfg = load_config(child, ["outpaint.left=0.25", "outpaint.right=0.25"])  # back to sides
+    assert cfg.outpaint.target_size is None and cfg.outpaint.left == 0.25
+    assert load_config(child, ["sample.steps=3"]).sample.steps == 3
+    from motia.config import yaml_load
+
+    assert yaml_load("a: 12:30\nb: 1e-4\nc: 010\nd: .5") == {"a": "12:30", "b": 1e-4, "c": 8, "d": 0.5}

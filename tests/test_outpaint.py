@@ -266,3 +266,34 @@ def test_missing_video_exits_2_and_writes_nothing(tmp_path, capsys):
     assert code == 2
     assert "nope.mp4" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_rau_and_channels_last_run_deterministic_and_leave_nothing(baseline, clip_file, components):
+    processors = {"unet": components.unet.attn_processors, "controlnet": components.controlnet.attn_processors}
+    cfg = make_cfg(clip_file, "video.max_frames=7", "sample.rau.enabled=true", "sample.rau.fraction=0.5",
+                   "sample.channels_last=true", "sample.window_attention.enabled=true")
+    grids = []
+    hook = components.unet.down_blocks[1].register_forward_pre_hook(
+        lambda m, args, kwargs: grids.append(tuple((args[0] if args else kwargs["hidden_states"]).shape[-2:])),
+        with_kwargs=True,
+    )
+    try:
+        first = run(cfg, components)
+    finally:
+        hook.remove()
+    assert grids == [(1, 2), (2, 3)]  # latent 4x6: half resolution on step 0 of 2, the usual one on step 1
+    assert torch.isfinite(first.frames).all()
+    assert (first.frames - baseline[1].frames).abs().max() > 1e-4
+    assert torch.equal(run(cfg, components).frames, first.frames)
+    _assert_clean(components, processors)
+    assert all(not m._forward_hooks for m in components.unet.modules())
+    assert all(p.is_contiguous() for p in components.unet.parameters())
+    assert torch.equal(run(baseline[0], components).frames, baseline[1].frames)
+
+
+@pytest.mark.slow
+def test_compiled_unet_matches_eager_and_is_undone(baseline, components):
+    cfg = baseline[0].model_copy(update={"sample": baseline[0].sample.model_copy(update={"compile": True})})
+    out = run(cfg, components)
+    torch.testing.assert_close(out.frames, baseline[1].frames, atol=1e-4, rtol=0)
+    assert "forward" not in components.unet.__dict__  # the eager forward is back
