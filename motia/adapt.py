@@ -593,13 +593,37 @@ def make_accelerator(cfg: JobConfig):
     return Accelerator(cpu=device.type == "cpu", mixed_precision=mp)
 
 
-def adapt_from_config(cfg: JobConfig, resume: bool = False, *, progress: bool = True) -> Path:
+def release(components) -> None:
+    """Return ``components`` to the plain base after ``adapt``, ready for outpainting.
+
+    Detaches the LoRA (outpainting loads the saved adapter, as a separate run would),
+    turns gradient checkpointing off, puts the UNet back in its loaded dtype and every
+    module in eval mode with gradients off. Used where one process adapts and then
+    outpaints with the same loaded models (``motia run``, batch, eval).
+    """
+    from motia import lora
+
+    unet = components.unet
+    lora.remove_lora(unet)
+    if getattr(unet, "is_gradient_checkpointing", False):
+        unet.disable_gradient_checkpointing()
+    unet.to(components.dtype)
+    for m in (unet, components.controlnet, components.vae, components.text_encoder):
+        if m is not None:
+            m.requires_grad_(False).eval()
+
+
+def adapt_from_config(
+    cfg: JobConfig, resume: bool = False, *, progress: bool = True, models=None
+) -> Path:
     """`motia adapt`: read the clip, load the models, train; returns the adapter path.
 
     The clip is read first and the models loaded next, so a missing video, an empty
     frame selection or bad model paths fail before anything is written. The models
     are loaded on the accelerator's device (under ``accelerate launch`` that is the
-    launcher's choice). Output: ``adapt.output_dir`` or ``<run dir>/adapter``.
+    launcher's choice), or taken from ``models`` (a ``motia.job.ModelCache``) and
+    handed back there released (``release``) for the next stage. Output:
+    ``adapt.output_dir`` or ``<run dir>/adapter``.
     """
     from motia.caption import resolve_prompt
     from motia.job import load_clip
@@ -610,6 +634,13 @@ def adapt_from_config(cfg: JobConfig, resume: bool = False, *, progress: bool = 
     if prompt != cfg.prompt:
         cfg = cfg.model_copy(update={"prompt": prompt})
     accelerator = make_accelerator(cfg)
-    components = load_components(cfg.models, device=accelerator.device, progress=progress)
+    if models is None:
+        components = load_components(cfg.models, device=accelerator.device, progress=progress)
+    else:
+        components = models.get(cfg.models, device=accelerator.device, progress=progress)
     out_dir = Path(cfg.adapt.output_dir) if cfg.adapt.output_dir else cfg.run_dir() / "adapter"
-    return adapt(cfg, components, clip, out_dir, accelerator=accelerator, resume=resume, progress=progress)
+    try:
+        return adapt(cfg, components, clip, out_dir, accelerator=accelerator, resume=resume, progress=progress)
+    finally:
+        if models is not None:
+            release(components)

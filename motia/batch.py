@@ -267,7 +267,8 @@ def find_adapter(key: str, cache: str | os.PathLike | None = None) -> Path | Non
     return path if path.is_file() else None
 
 
-def train_adapter(cfg: JobConfig, clip, key: str, cache: str | os.PathLike | None = None, progress: bool = False) -> Path:
+def train_adapter(cfg: JobConfig, clip, key: str, cache: str | os.PathLike | None = None, progress: bool = False,
+                  models=None) -> Path:  # fmt: skip
     """Adapt (``motia.adapt.adapt_from_config``) into a temporary folder in the cache, then rename it to ``key``."""
     from motia import adapt as adapt_mod
 
@@ -277,7 +278,7 @@ def train_adapter(cfg: JobConfig, clip, key: str, cache: str | os.PathLike | Non
     try:
         data = cfg.to_dict()
         data["adapt"]["output_dir"] = str(tmp)
-        adapt_mod.adapt_from_config(JobConfig.model_validate(data), progress=progress)
+        adapt_mod.adapt_from_config(JobConfig.model_validate(data), progress=progress, models=models)
         if not (tmp / adapt_mod.ADAPTER_FILE).is_file():
             raise MotiaError(f"adaptation finished without writing {tmp / adapt_mod.ADAPTER_FILE}")
         # Checkpoints and cached latents only serve a resume of this run: not worth keeping.
@@ -450,9 +451,12 @@ def _new_row(job: BatchJob) -> dict[str, Any]:
 
 
 def run_job(job: BatchJob, cache: str | os.PathLike | None = None, reuse_adapters: bool = True,
-            progress: bool = False) -> dict[str, Any]:  # fmt: skip
+            progress: bool = False, models=None) -> dict[str, Any]:  # fmt: skip
     """Adapt (or reuse a cached adapter) and outpaint one clip; returns its report row, never raises
-    (except KeyboardInterrupt): a failure is the row's ``status: failed`` and ``error``."""
+    (except KeyboardInterrupt): a failure is the row's ``status: failed`` and ``error``.
+
+    ``models`` (a ``motia.job.ModelCache``) keeps the loaded models from clip to clip;
+    after a failure it is emptied, so the next clip starts from freshly loaded ones."""
     from motia import adapt as adapt_mod
     from motia import outpaint as outpaint_mod
     from motia.caption import resolve_prompt
@@ -490,13 +494,13 @@ def run_job(job: BatchJob, cache: str | os.PathLike | None = None, reuse_adapter
             adapter = find_adapter(key, cache)
             row.update(adapter=key, adapter_reused=adapter is not None)
             if adapter is None:
-                adapter = train_adapter(cfg, clip, key, cache, progress=progress)
+                adapter = train_adapter(cfg, clip, key, cache, progress=progress, models=models)
         else:
-            adapter = adapt_mod.adapt_from_config(cfg, progress=progress)
+            adapter = adapt_mod.adapt_from_config(cfg, progress=progress, models=models)
             row.update(adapter=str(adapter), adapter_reused=False)
         row["adapt_s"] = round(time.perf_counter() - start, 3)
         start = time.perf_counter()
-        outpaint_mod.outpaint_from_config(cfg, lora=str(adapter), progress=progress)
+        outpaint_mod.outpaint_from_config(cfg, lora=str(adapter), progress=progress, models=models)
         row["outpaint_s"] = round(time.perf_counter() - start, 3)
         row["outputs"] = completed_outputs(cfg.run_dir()) or {}
         if not row["outputs"]:
@@ -507,6 +511,8 @@ def run_job(job: BatchJob, cache: str | os.PathLike | None = None, reuse_adapter
         raise
     except Exception as e:  # noqa: BLE001 - one bad clip must not stop the batch
         row["error"] = _one_line(e)
+        if models is not None:
+            models.clear()
         logger.debug("clip %s failed:\n%s", job.name, traceback.format_exc())
     if device is not None:
         row["peak_memory_bytes"] = peak_memory_bytes(device)
@@ -589,10 +595,13 @@ def run_batch(manifest: str | os.PathLike, overrides: Sequence[str] = (), progre
         _write_json(report_path, {"rank": rank, "num_processes": world, "rows": rows})
 
     write_rank_report()  # a rank with no clips still reports, replacing an older run's file
+    from motia.job import ModelCache
+
+    models = ModelCache()  # loaded once per process, reused by every clip with the same `models`
     with state.split_between_processes(jobs) as mine:
         for job in mine:
             with _independent_accelerate_state():
-                row = run_job(job, cache, spec.reuse_adapters)
+                row = run_job(job, cache, spec.reuse_adapters, models=models)
             row["rank"] = rank
             rows.append(row)
             write_rank_report()

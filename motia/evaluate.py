@@ -491,7 +491,7 @@ def run_eval(cfg: EvalConfig, run_method: RunMethod | None = None, progress: boo
     return {"rows": rows, "per_sequence": per_seq, "notes": notes, "output": out}
 
 
-def run_motia(name, cfg_path, overrides, cropped, left_px, right_px, out_dir) -> torch.Tensor:
+def run_motia(name, cfg_path, overrides, cropped, left_px, right_px, out_dir, models=None) -> torch.Tensor:
     """The ``config:`` method runner: adapt a LoRA on the cropped clip, outpaint it back to full width.
 
     The cropped frames are written as PNGs (lossless) and become ``video.path``;
@@ -499,11 +499,12 @@ def run_motia(name, cfg_path, overrides, cropped, left_px, right_px, out_dir) ->
     source sits where the protocol cut it (both centre it, the odd pixel on the
     right). A canvas rounded up to a multiple of 8 is cropped back around the box.
     Returns (F, 3, H, W) in [0, 1] straight from the decoder (no mp4 round trip).
+    ``models`` (a ``motia.job.ModelCache``) keeps the models loaded across sequences and ratios.
     """
     from motia.adapt import adapt_from_config
     from motia.config import load_config
     from motia.job import load_clip
-    from motia.models import load_components
+    from motia.job import ModelCache
     from motia.outpaint import outpaint
     from motia.video import write_frames
 
@@ -516,9 +517,10 @@ def run_motia(name, cfg_path, overrides, cropped, left_px, right_px, out_dir) ->
         "video.max_frames=null", "outpaint.left=0", "outpaint.right=0", "outpaint.top=0", "outpaint.bottom=0",
         "outpaint.aspect=null", f"outpaint.target_size=[{h}, {full_w}]", f"output.dir={out_dir}", f"output.name={name}",
     ])  # fmt: skip
-    adapter = adapt_from_config(cfg, progress=False)
+    models = models if models is not None else ModelCache()
+    adapter = adapt_from_config(cfg, progress=False, models=models)
     clip = load_clip(cfg)
-    components = load_components(cfg.models)
+    components = models.get(cfg.models)
     generator = torch.Generator("cpu").manual_seed(cfg.seed)
     result = outpaint(cfg, components, clip, lora_path=adapter, generator=generator, progress=False)
     c = result.canvas
@@ -526,6 +528,13 @@ def run_motia(name, cfg_path, overrides, cropped, left_px, right_px, out_dir) ->
     return result.frames[:, :, c.top : c.top + h, x0 : x0 + full_w]
 
 
-def eval_from_file(path: str | os.PathLike, run_method: RunMethod | None = run_motia, progress: bool = True) -> dict:
-    """``motia eval EVAL.yaml``: load the eval config and run it (``config:`` methods run motia itself)."""
+def eval_from_file(path: str | os.PathLike, run_method: RunMethod | None = None, progress: bool = True) -> dict:
+    """``motia eval EVAL.yaml``: load the eval config and run it (``config:`` methods run motia itself,
+    with one model set loaded for the whole evaluation)."""
+    if run_method is None:
+        import functools
+
+        from motia.job import ModelCache
+
+        run_method = functools.partial(run_motia, models=ModelCache())
     return run_eval(load_eval_config(path), run_method=run_method, progress=progress)

@@ -137,13 +137,51 @@ def preview(cfg: JobConfig, out: str | None = None) -> Path:
     return path
 
 
-def adapt_and_outpaint(cfg: JobConfig) -> dict:
-    """Adapt the clip's LoRA, then outpaint with it; returns the outpainting summary."""
+class ModelCache:
+    """One loaded model set per process, reused by the stages while ``models`` and the device stay the same.
+
+    Adapting and then outpainting (``motia run``), or many clips in a batch or an
+    evaluation, would otherwise load SD1.5 + ControlNet + motion module again for
+    every stage. The stages leave the models as they found them (outpainting undoes
+    its LoRA, hooks and switches; ``motia.adapt.release`` undoes training's), so a
+    reused set computes what a freshly loaded one does. Another ``models`` section
+    or device drops the held set before loading the new one.
+    """
+
+    def __init__(self):
+        self._key = None
+        self._components = None
+        self.loads = 0  # how many times models were actually loaded
+
+    def get(self, models, device=None, progress: bool = False):
+        from .models import load_components, resolve_device
+
+        dev = resolve_device(device if device is not None else models.device)
+        if dev.type == "cuda" and dev.index is None:
+            import torch
+
+            dev = torch.device("cuda", torch.cuda.current_device())
+        key = (yaml.safe_dump(models.model_dump(mode="json"), sort_keys=True), str(dev))
+        if key != self._key:
+            self._components = self._key = None  # free the old set before loading the next
+            self._components = load_components(models, device=dev, progress=progress)
+            self._key = key
+            self.loads += 1
+        return self._components
+
+    def clear(self) -> None:
+        """Drop the held set (after a failure left it in an unknown state, say)."""
+        self._components = self._key = None
+
+
+def adapt_and_outpaint(cfg: JobConfig, models: ModelCache | None = None) -> dict:
+    """Adapt the clip's LoRA, then outpaint with it, loading the models once; returns the outpainting summary."""
     from .adapt import adapt_from_config
     from .outpaint import outpaint_from_config
 
-    adapter = adapt_from_config(cfg)
-    return outpaint_from_config(cfg, lora=str(adapter))
+    models = models if models is not None else ModelCache()
+    adapter = adapt_from_config(cfg, models=models)
+    return outpaint_from_config(cfg, lora=str(adapter), models=models)
 
 
 def demo(overrides: Sequence[str] = ()) -> dict:

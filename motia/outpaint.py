@@ -435,13 +435,16 @@ def write_outputs(cfg: JobConfig, clip, result: OutpaintResult, run_dir: Path) -
     return outputs
 
 
-def outpaint_from_config(cfg: JobConfig, lora: str | os.PathLike | None = None, *, progress: bool = True) -> dict:
+def outpaint_from_config(
+    cfg: JobConfig, lora: str | os.PathLike | None = None, *, progress: bool = True, models=None
+) -> dict:
     """`motia outpaint`: read the clip, load the models, outpaint, write the outputs; return the run summary.
 
     The clip is read (and the canvas planned, the adapter file checked) before any
     model loads, so bad input fails fast and writes nothing. Outputs go to
     ``cfg.run_dir()``: outpaint.mp4 (with the source's audio for the frames used),
     optional outpaint.gif and frames/, side_by_side.mp4, config.yaml, summary.json.
+    ``models`` (a ``motia.job.ModelCache``) reuses models already loaded in this process.
     """
     from motia.config import dump_config
     from motia.job import load_clip, plan
@@ -457,7 +460,10 @@ def outpaint_from_config(cfg: JobConfig, lora: str | os.PathLike | None = None, 
     prompt = resolve_prompt(cfg, clip)
     if prompt != cfg.prompt:
         cfg = cfg.model_copy(update={"prompt": prompt})  # config.yaml records the prompt actually used
-    components = load_components(cfg.models, progress=progress)
+    if models is None:
+        components = load_components(cfg.models, progress=progress)
+    else:
+        components = models.get(cfg.models, progress=progress)
     t_loaded = time.perf_counter()
     generator = torch.Generator("cpu").manual_seed(cfg.seed)
     result = outpaint(cfg, components, clip, lora_path=lora, generator=generator, progress=progress)

@@ -72,13 +72,19 @@ class Counter:
         return self.fn(*args, **kwargs)
 
 
-def _run(manifest: Path, *overrides: str) -> tuple[int, int, int]:
-    """(exit code, adaptation calls, outpainting calls) of `motia batch`."""
+def _run(manifest: Path, *overrides: str, loads: list | None = None) -> tuple[int, int, int]:
+    """(exit code, adaptation calls, outpainting calls) of `motia batch`; model loads appended to ``loads``."""
+    from motia.models import loading
+
     adapt_calls, outpaint_calls = Counter(adapt_mod.adapt_from_config), Counter(outpaint_mod.outpaint_from_config)
+    load_calls = Counter(loading.load_components)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(adapt_mod, "adapt_from_config", adapt_calls)
         mp.setattr(outpaint_mod, "outpaint_from_config", outpaint_calls)
+        mp.setattr(loading, "load_components", load_calls)
         code = cli_main(["batch", str(manifest), *overrides])
+    if loads is not None:
+        loads.append(load_calls.calls)
     return code, adapt_calls.calls, outpaint_calls.calls
 
 
@@ -96,11 +102,12 @@ def first_run(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # module fixtures run before the autouse one
     try:
-        code, adapts, outpaints = _run(manifest)
+        loads = []
+        code, adapts, outpaints = _run(manifest, loads=loads)
     finally:
         torch.set_num_threads(threads)
     return {"folder": folder, "manifest": manifest, "code": code, "adapts": adapts, "outpaints": outpaints,
-            "report": _report(folder)}  # fmt: skip
+            "loads": loads[0], "report": _report(folder)}  # fmt: skip
 
 
 def test_batch_survives_a_corrupt_clip_and_reports_it(first_run):
@@ -128,6 +135,7 @@ def test_batch_survives_a_corrupt_clip_and_reports_it(first_run):
 def test_adapter_is_reused_across_geometries_and_auto_prompt_is_captioned(first_run):
     rows = {r["clip"]: r for r in first_run["report"]["clips"]}
     assert first_run["adapts"] == 2 and first_run["outpaints"] == 3  # a and b trained; a_tall reused a's
+    assert first_run["loads"] == 1  # one model set for every stage of every clip
     assert rows["a"]["adapter_reused"] is False and rows["a_tall"]["adapter_reused"] is True
     assert rows["a_tall"]["adapter"] == rows["a"]["adapter"] != rows["b"]["adapter"]
     assert rows["a_tall"]["adapt_s"] < rows["a"]["adapt_s"]

@@ -297,3 +297,32 @@ def test_compiled_unet_matches_eager_and_is_undone(baseline, components):
     out = run(cfg, components)
     torch.testing.assert_close(out.frames, baseline[1].frames, atol=1e-4, rtol=0)
     assert "forward" not in components.unet.__dict__  # the eager forward is back
+
+
+def test_run_loads_the_models_once_and_matches_separate_stages(clip_file, tmp_path):
+    import safetensors.torch
+
+    from motia.adapt import adapt_from_config
+    from motia.job import ModelCache, adapt_and_outpaint
+    from motia.outpaint import outpaint_from_config
+    from motia.video import read_video
+
+    common = [f"video.path={clip_file}", "video.max_frames=7", "adapt.steps=4", "adapt.frames=4",
+              "output.side_by_side=false", "output.mp4=false", "output.frames=true"]
+
+    def cfg(name):
+        return load_config(CONFIGS / "tiny.yaml", CHEAP + common + [f"output.dir={tmp_path / name}"])
+
+    models = ModelCache()
+    shared = adapt_and_outpaint(cfg("shared"), models)  # adapt, release, outpaint on one loaded set
+    assert models.loads == 1
+    separate = cfg("separate")
+    outpaint_from_config(separate, lora=str(adapt_from_config(separate, progress=False)), progress=False)
+    a = safetensors.torch.load_file(tmp_path / "shared/clip100/adapter/adapter.safetensors")
+    b = safetensors.torch.load_file(tmp_path / "separate/clip100/adapter/adapter.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    frames = read_video(shared["outputs"]["frames"]).frames
+    assert frames.shape[0] == 7
+    assert torch.equal(frames, read_video(tmp_path / "separate/clip100/frames").frames)
+    unet = models.get(cfg("x").models).unet
+    assert not getattr(unet, "peft_config", None) and not unet.is_gradient_checkpointing and not unet.training
