@@ -11,9 +11,12 @@ deps:
 demo: deps
 	$(PYTHON) -m motia demo
 
+# Tests run in TEST_WORKERS pytest-xdist processes, one intra-op thread each (tests/conftest.py).
+TEST_WORKERS ?= 2
+
 # pytest exits 5 when it collected no test: that is a failure here, not a pass.
 test: deps
-	@$(PYTHON) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
+	@$(PYTHON) -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 test-fullsize: deps
