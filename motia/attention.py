@@ -19,7 +19,8 @@ outpainted regions) attend to each other. Here a shift only moves the boundaries
 the windows cut at the borders are smaller ("partial") windows, tokens never wrap.
 
 Exactness. Windows are rectangles of real tokens; each is attended on its own, and
-windows of equal shape are batched into one SDPA call. Sizes that do not split
+windows of equal shape are batched into one SDPA call (q/k/v are reordered window by
+window once, so a group is a view or one copy, and memory stays near plain attention's). Sizes that do not split
 evenly (13x21 tokens, odd latents) give smaller border windows: no padding, no
 masks, no resizing of features. This computes the same thing as padding the grid
 to a multiple of the window and masking the padded keys, with no wasted work on
@@ -117,10 +118,15 @@ def _segments(n: int, size: int, offset: int) -> list[tuple[int, int]]:
 
 @dataclass
 class _Plan:
-    """Token gathers for one (H, W, grid, offset): windows grouped by shape, plus the inverse permutation."""
+    """Token order for one (H, W, grid, offset): windows grouped by shape, each window's tokens contiguous.
 
-    groups: list[tuple[torch.Tensor, int]]  # (flat token indices of `count` windows of equal size, count)
-    inverse: torch.Tensor  # position of each original token in the concatenated groups
+    ``order`` lists the flat token indices group by group (``groups`` gives each group's
+    window count and window length); ``inverse`` maps back to row-major order.
+    """
+
+    groups: list[tuple[int, int]]  # (count, length) per group, in ``order``
+    order: torch.Tensor
+    inverse: torch.Tensor
     identity: bool = False  # one window covering the whole grid in order
 
 
@@ -130,40 +136,46 @@ def _make_plan(hw: tuple[int, int], grid: tuple[int, int], offset: tuple[int, in
     xs = _segments(w, -(-w // gw), dx)
     if len(ys) == 1 and len(xs) == 1:
         empty = torch.empty(0, dtype=torch.long, device=device)
-        return _Plan(groups=[], inverse=empty, identity=True)
+        return _Plan(groups=[], order=empty, inverse=empty, identity=True)
     by_shape: dict[tuple[int, int], list[torch.Tensor]] = {}
     for y0, y1 in ys:
         for x0, x1 in xs:
             rows = torch.arange(y0, y1)[:, None] * w
             cols = torch.arange(x0, x1)[None, :]
             by_shape.setdefault((y1 - y0, x1 - x0), []).append((rows + cols).flatten())
-    groups, order = [], []
-    for windows in by_shape.values():
-        flat = torch.cat(windows)
-        order.append(flat)
-        groups.append((flat.to(device), len(windows)))
+    groups = [(len(windows), windows[0].numel()) for windows in by_shape.values()]
+    order = torch.cat([idx for windows in by_shape.values() for idx in windows])
     inverse = torch.empty(h * w, dtype=torch.long)
-    inverse[torch.cat(order)] = torch.arange(h * w)
-    return _Plan(groups=groups, inverse=inverse.to(device))
+    inverse[order] = torch.arange(h * w)
+    return _Plan(groups=groups, order=order.to(device), inverse=inverse.to(device))
 
 
 def _window_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, plan: _Plan) -> torch.Tensor:
-    """SDPA of (B, N, heads*d) projections restricted to the plan's windows; returns (B, N, heads*d)."""
+    """SDPA within the plan's windows of (B, N, heads*d) projections already in ``plan.order``.
+
+    Returns (B, N, heads*d) in window order. Each group's windows are contiguous in
+    that order, so its q/k/v are views (one group) or one copy of the group (several);
+    the results are written into one preallocated tensor. Memory stays that of plain
+    attention plus at most one group's q/k/v.
+    """
     b, n, inner = q.shape
     d = inner // heads
     if plan.identity:
         split = lambda t: t.view(b, n, heads, d).transpose(1, 2)  # noqa: E731
         return F.scaled_dot_product_attention(split(q), split(k), split(v)).transpose(1, 2).reshape(b, n, inner)
-    outs = []
-    for idx, count in plan.groups:
-        length = idx.numel() // count
+    out = torch.empty_like(q)
+    start = 0
+    for count, length in plan.groups:
+        end = start + count * length
 
-        def gather(t):  # (B, N, inner) -> (B*count, heads, L, d)
-            return t.index_select(1, idx).view(b * count, length, heads, d).transpose(1, 2)
+        def window(t):  # (B, N, inner) -> (B*count, heads, L, d)
+            return t[:, start:end].reshape(b * count, length, heads, d).transpose(1, 2)
 
-        o = F.scaled_dot_product_attention(gather(q), gather(k), gather(v))
-        outs.append(o.transpose(1, 2).reshape(b, count * length, inner))
-    return torch.cat(outs, dim=1).index_select(1, plan.inverse)
+        o = F.scaled_dot_product_attention(window(q), window(k), window(v))  # (B*count, heads, L, d)
+        out[:, start:end].view(b, count, length, heads, d).copy_(o.view(b, count, heads, length, d).transpose(2, 3))
+        del o
+        start = end
+    return out
 
 
 class WindowAttnProcessor:
@@ -217,20 +229,29 @@ class WindowAttnProcessor:
         if attn.group_norm is not None:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
 
-        query = attn.to_q(hidden_states)
-        key = attn.to_k(hidden_states)
-        value = attn.to_v(hidden_states)
+        plan = self.plan(hw, hidden_states.device)
+        # Each projection is put in window order as soon as it exists (the row-major copy is
+        # dropped right away); the projections themselves see row-major tokens, as LoRA
+        # layers and their spatial scale maps expect.
+        reorder = (lambda t: t) if plan.identity else (lambda t: t.index_select(1, plan.order))  # noqa: E731
+        query = reorder(attn.to_q(hidden_states))
+        key = reorder(attn.to_k(hidden_states))
+        value = reorder(attn.to_v(hidden_states))
         b, n, inner = key.shape
         if attn.norm_q is not None or attn.norm_k is not None:
-            # per-head norms act on the last (head_dim) axis, so they can run before windowing
+            # per-head norms act on the last (head_dim) axis of each token: order does not matter
             head_dim = inner // attn.heads
             if attn.norm_q is not None:
                 query = attn.norm_q(query.view(b, n, attn.heads, head_dim)).reshape(b, n, inner)
             if attn.norm_k is not None:
                 key = attn.norm_k(key.view(b, n, attn.heads, head_dim)).reshape(b, n, inner)
 
-        hidden_states = _window_sdpa(query, key, value, attn.heads, self.plan(hw, query.device))
-        hidden_states = hidden_states.to(query.dtype)
+        dtype = query.dtype
+        hidden_states = _window_sdpa(query, key, value, attn.heads, plan)
+        del query, key, value
+        if not plan.identity:
+            hidden_states = hidden_states.index_select(1, plan.inverse)  # back to row-major for to_out
+        hidden_states = hidden_states.to(dtype)
 
         hidden_states = attn.to_out[0](hidden_states)
         hidden_states = attn.to_out[1](hidden_states)

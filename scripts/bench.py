@@ -286,6 +286,62 @@ def case_calls(spec: dict) -> dict:
             "seconds": {k: sorted(v)[len(v) // 2] for k, v in res.items()}, "all_seconds": res}
 
 
+def case_ab(spec: dict) -> dict:
+    """One guided model call, ours vs the stock pipeline, alternating in one process on the same modules.
+
+    Ours: ``motia.outpaint.make_denoiser`` on a 16-frame window (ControlNet per frame +
+    UNetMotionModel), doubled batch. Stock: ``AnimateDiffControlNetPipeline`` with one
+    step and latent output, timed by the same hooks from entering the ControlNet to
+    leaving the UNet (its text encoding and scheduler step stay outside, as ours do).
+    The order alternates repeat by repeat, so machine load hits both alike; medians.
+    """
+    import numpy as np
+    import torch
+    from diffusers import AnimateDiffControlNetPipeline
+    from PIL import Image
+
+    from motia.geometry import control_video, known_mask, place_on_canvas
+    from motia.job import plan
+    from motia.outpaint import encode_prompt, make_denoiser
+
+    c = load_models(spec)
+    prepare_models(c, spec)
+    cfg = job_config(spec["model"], spec["size"], 1, 1, 0, spec["device"], spec["dtype"])
+    canvas = plan(cfg, spec["size"], spec["size"])
+    frames = spec["frames"]
+    h, w = canvas.latent_size()
+    clip = synthetic_clip(frames, spec["size"])
+    placed = place_on_canvas(clip.frames, canvas, 0.0)  # (F, 3, H, W)
+    denoise = make_denoiser(c, encode_prompt(c, PROMPT, ""), control_video(placed, known_mask(canvas)), 1.0)
+    pipe = AnimateDiffControlNetPipeline(vae=c.vae, text_encoder=c.text_encoder, tokenizer=c.tokenizer, unet=c.unet,
+                                         motion_adapter=None, controlnet=c.controlnet,
+                                         scheduler=type(c.scheduler).from_config(c.scheduler.config))
+    pipe.set_progress_bar_config(disable=True)
+    control = [Image.fromarray((f.permute(1, 2, 0).numpy() * 255).astype(np.uint8)) for f in placed]
+    x = torch.randn(2, 4, frames, h, w, generator=torch.Generator().manual_seed(0)).to(c.device)
+    t = torch.tensor(500)
+    timer = CallTimer(c.controlnet, c.unet, c.device)
+
+    def ours() -> float:
+        denoise(x, t, {"guided": True}, (0, frames))
+        return timer.calls[-1][0]
+
+    def stock() -> float:
+        pipe(prompt=PROMPT, num_frames=frames, height=canvas.height, width=canvas.width, num_inference_steps=1,
+             guidance_scale=7.5, conditioning_frames=control, output_type="latent",
+             generator=torch.Generator().manual_seed(0))
+        return timer.calls[-1][0]
+
+    ours(), stock()  # warm-up: first-call allocations and kernel selection
+    res: dict[str, list[float]] = {"ours": [], "stock": []}
+    for i in range(spec["repeats"]):
+        for name, fn in (("ours", ours), ("stock", stock)) if i % 2 == 0 else (("stock", stock), ("ours", ours)):
+            res[name].append(fn())
+    timer.close()
+    med = {k: sorted(v)[len(v) // 2] for k, v in res.items()}
+    return {**spec, "name": "ab", "canvas": f"{canvas.height}x{canvas.width}", "seconds": med, "all_seconds": res}
+
+
 def vae_decode_flops(vae, size: int) -> int:
     """FLOPs of decoding one frame of a size x 2*size canvas, counted on a meta-device copy of ``vae``'s architecture."""
     import torch
@@ -355,7 +411,8 @@ def case_adapt(spec: dict) -> dict:
             "work_bytes": None if before is None else r["peak_bytes"] - before}
 
 
-CASES = {"adapt": case_adapt, "ours": case_ours, "stock": case_stock, "calls": case_calls, "vae": case_vae}
+CASES = {"adapt": case_adapt, "ours": case_ours, "stock": case_stock, "calls": case_calls, "vae": case_vae,
+         "ab": case_ab}
 
 
 def run_case(spec: dict) -> dict:
@@ -471,6 +528,7 @@ def bench_outpaint(args) -> dict:
     # Equal settings: guidance on every step, no regret, no LoRA; the stock pipeline has neither.
     for kind in ("ours", "stock"):
         out["runs"].append(in_subprocess(dict(common, kind=kind, guidance_steps=args.steps, regret_repeats=0)))
+    out["ab"] = in_subprocess(dict(common, kind="ab", repeats=args.ab_repeats))
     if not args.no_calls:
         out["calls"] = in_subprocess(dict(common, kind="calls", repeats=args.call_repeats, guided=[False, True],
                                           channels_last_ab=True, warmup=True))
@@ -533,6 +591,14 @@ def outpaint_tables(res: dict, flops: dict | None, args) -> str:
               f"total {_fmt(ratio(ours['total_s'], stock['total_s']), '.3f')}x, "
               f"peak {_fmt(ratio(ours['peak_bytes'], stock['peak_bytes']), '.3f')}x, "
               f"work memory {_fmt(ratio(ours['work_bytes'], stock['work_bytes']), '.3f')}x"]
+    ab = res.get("ab")
+    if ab:
+        s_ab = ab["seconds"]
+        r_ab = ratio(s_ab["ours"], s_ab["stock"])
+        lines += ["", f"Per guided call, alternating in one process on the same modules (median of {ab['repeats']} each): "
+                  f"ours {_fmt(s_ab['ours'])} s, stock {_fmt(s_ab['stock'])} s -> ours / stock {_fmt(r_ab, '.3f')}x "
+                  "(the end-to-end runs above are separate processes, one after the other, so load drifts between them)."]
+        res["ab_ratio"] = r_ab
     calls = res.get("calls")
     if calls:
         s = calls["seconds"]
@@ -656,6 +722,7 @@ def main(argv=None) -> int:
     p.add_argument("--long-model", choices=["tiny", "fullsize"], default="tiny")
     p.add_argument("--growth", action="store_true", help="also run ours and the stock pipeline at 16 and 32 frames, 1 step")
     p.add_argument("--call-repeats", type=int, default=1)
+    p.add_argument("--ab-repeats", type=int, default=6, help="alternating ours/stock guided calls in one process")
     p.add_argument("--no-calls", action="store_true", help="skip the per-call variants (channels-last, LoRA)")
     p.add_argument("--vae-chunks", type=int, nargs="+", default=[16, 8, 4])
     p.add_argument("--vae-size", type=int, default=None, help="source side for the vae benchmark (default --size)")
