@@ -79,11 +79,11 @@ class TrainRNG:
     def __init__(self, seed: int):
         self.generator = torch.Generator().manual_seed(int(seed))
 
-    def save_all(self, folder: Path | None, state: torch.Tensor | None = None) -> None:
+    def save_all(self, folder: Path | None) -> None:
         """Gather every process's generator state; the main process (``folder`` not None) writes them."""
         from accelerate.utils import gather_object
 
-        states = gather_object([self.generator.get_state() if state is None else state])
+        states = gather_object([self.generator.get_state()])
         if folder is not None:
             torch.save(list(states), Path(folder) / _CKPT_RNG)
 

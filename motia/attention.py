@@ -19,9 +19,9 @@ outpainted regions) attend to each other. Here a shift only moves the boundaries
 the windows cut at the borders are smaller ("partial") windows, tokens never wrap.
 
 Exactness. Windows are rectangles of real tokens; each is attended on its own, and
-windows of equal shape are batched into one SDPA call (q/k/v are reordered window by
-window once, so a group is a view or one copy, and memory stays near plain attention's). Sizes that do not split
-evenly (13x21 tokens, odd latents) give smaller border windows: no padding, no
+windows of equal shape are batched into one SDPA call. q/k/v are put in window order
+once, so a group is a view (or one copy of it) and memory stays near plain attention's.
+Sizes that do not split evenly (13x21 tokens, odd latents) give smaller border windows: no padding, no
 masks, no resizing of features. This computes the same thing as padding the grid
 to a multiple of the window and masking the padded keys, with no wasted work on
 padding and no (L x L) mask tensors (a 64x64-token window would need one of 16M

@@ -503,8 +503,7 @@ def run_motia(name, cfg_path, overrides, cropped, left_px, right_px, out_dir, mo
     """
     from motia.adapt import adapt_from_config
     from motia.config import load_config
-    from motia.job import load_clip
-    from motia.job import ModelCache
+    from motia.job import ModelCache, load_clip
     from motia.outpaint import outpaint
     from motia.video import write_frames
 

@@ -68,8 +68,7 @@ def work_estimate(cfg: JobConfig, num_frames: int, canvas) -> dict:
     s = cfg.sample
     windows = temporal_windows(num_frames, s.window.frames, s.window.stride)
     regret = dict(jump=s.regret.jump, repeats=s.regret.repeats, fraction=s.regret.fraction)
-    calls = count_model_calls(s.steps, len(windows), **regret)
-    moves = [src for src, dst in regret_schedule(s.steps, **regret) if dst > src]
+    moves = [src for src, dst in regret_schedule(s.steps, **regret) if dst > src]  # each move's start level
     guided_moves = sum(src < s.guidance_steps for src in moves) if s.guidance_scale != 1 else 0
     window_frames = sum(e - b for b, e in windows)
     h, w = canvas.latent_size()
@@ -80,7 +79,7 @@ def work_estimate(cfg: JobConfig, num_frames: int, canvas) -> dict:
         "windows": len(windows),
         "steps": s.steps,
         "model_moves": len(moves),
-        "unet_calls": calls,
+        "unet_calls": count_model_calls(s.steps, len(windows), **regret),
         "guided_calls": guided_moves * len(windows),
         "unet_frames": (len(moves) + guided_moves) * window_frames,
     }
@@ -161,7 +160,7 @@ class ModelCache:
             import torch
 
             dev = torch.device("cuda", torch.cuda.current_device())
-        key = (yaml.safe_dump(models.model_dump(mode="json"), sort_keys=True), str(dev))
+        key = (models.model_dump_json(), str(dev))
         if key != self._key:
             self._components = self._key = None  # free the old set before loading the next
             self._components = load_components(models, device=dev, progress=progress)

@@ -226,10 +226,20 @@ def _speed_switches(cfg: JobConfig, components, stack: contextlib.ExitStack) -> 
         stack.callback(restore)
     if s.compile:
         unet = components.unet
-        # An instance attribute shadows the class's forward; deleting it restores the eager one.
-        # Hooks (LoRA map, window attention, RAU) stay outside the compiled region.
+        # An instance attribute shadows the class's forward; putting back what was there
+        # (usually nothing) restores the eager one. The submodule hooks (LoRA map, window
+        # attention, RAU) are traced into the compiled forward; their per-step state (shift,
+        # RAU on/off) becomes guards, so the first steps compile a few variants.
+        had, previous = "forward" in unet.__dict__, unet.__dict__.get("forward")
         unet.forward = torch.compile(unet.forward, dynamic=False)
-        stack.callback(lambda: unet.__dict__.pop("forward", None))
+
+        def eager():
+            if had:
+                unet.forward = previous
+            else:
+                unet.__dict__.pop("forward", None)
+
+        stack.callback(eager)
 
 
 def _attach_lora(cfg: JobConfig, components, canvas, lora_path, stack: contextlib.ExitStack) -> dict:
