@@ -551,6 +551,7 @@ def adapt(
                 "stride": cfg.video.stride, "max_frames": cfg.video.max_frames, "size": summary["frames"][1:],
             },
             "adapt": a.model_dump(mode="json"),
+            "schedule": components.schedule,  # the noise schedule it was trained on (models.schedule)
             "seed": cfg.seed,
             "prompt": cfg.prompt,
             "steps": step,

@@ -79,7 +79,7 @@ CLIP_RECORD = "batch_clip.json"  # this batch's row for a finished clip, read ba
 SUMMARY = "summary.json"  # written by motia.outpaint into the clip's run dir
 ADAPTER_FILE = "adapter.safetensors"  # in <cache>/<key>/, as motia.adapt names it
 INFO_FILE = "info.json"
-KEY_VERSION = 1
+KEY_VERSION = 2  # 2: AnimateDiff's noise schedule and the reference's LoRA targets/init
 CSV_COLUMNS = ("clip", "status", "adapt_s", "outpaint_s", "peak_memory_bytes", "outputs", "caption", "error",
                "adapter", "adapter_reused", "prompt", "rank", "path")  # fmt: skip
 
@@ -87,7 +87,7 @@ CSV_COLUMNS = ("clip", "status", "adapt_s", "outpaint_s", "peak_memory_bytes", "
 _ADAPT_BOOKKEEPING = {"output_dir", "checkpoint_every", "keep_checkpoints", "log_every", "encode_chunk",
                       "gradient_checkpointing"}  # fmt: skip
 _MODEL_KEYS = ("base", "base_config", "vae", "controlnet", "controlnet_config", "motion_adapter",
-               "motion_adapter_config", "dtype", "variant")  # fmt: skip
+               "motion_adapter_config", "dtype", "variant", "schedule")  # fmt: skip
 _RESERVED_NAMES = {REPORTS}
 
 

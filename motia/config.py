@@ -75,6 +75,9 @@ class ModelsConfig(_Section):
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     device: str = "auto"
     variant: str | None = None
+    # Noise schedule of adaptation and sampling: AnimateDiff's linear betas (what the motion
+    # module and the reference use), or the base's own scheduler config (SD1.5: scaled_linear).
+    schedule: Literal["animatediff", "base"] = "animatediff"
 
 
 class VideoConfig(_Section):
@@ -320,7 +323,7 @@ def _resolve_input_paths(data: dict, folder: Path) -> None:
     models = data.get("models")
     if isinstance(models, dict):
         for k, v in models.items():
-            if isinstance(v, str) and k not in ("dtype", "device", "variant"):
+            if isinstance(v, str) and k not in ("dtype", "device", "variant", "schedule"):
                 models[k] = _rel(v, folder, always=False)
 
 

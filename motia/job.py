@@ -104,7 +104,23 @@ def describe(cfg: JobConfig) -> str:
                          "frames_used": f, "size_used": f"{h}x{w}"}
         out["canvas"] = canvas.to_dict()
         out["work"] = work_estimate(cfg, f, canvas)
+    out["schedule"] = schedule_info(cfg)
     return yaml.safe_dump(out, sort_keys=False)
+
+
+def schedule_info(cfg: JobConfig) -> dict:
+    """The noise schedule both stages will use (``models.schedule``), as `motia info` shows it.
+
+    ``animatediff`` needs no model files; ``base`` reads only the base's scheduler config.
+    """
+    from .errors import MotiaError
+    from .models import describe_schedule, load_components
+
+    try:
+        scheduler = load_components(cfg.models, parts=("scheduler",), device="cpu", dtype="fp32").scheduler
+    except MotiaError as e:
+        return {"name": cfg.models.schedule, "note": f"the base's scheduler config is not readable here ({e})"}
+    return describe_schedule(scheduler, cfg.models.schedule, cfg.sample.steps)
 
 
 def preview(cfg: JobConfig, out: str | None = None) -> Path:

@@ -446,12 +446,11 @@ def adapt_step_flops(size: int, checkpointing: bool) -> int:
     """FLOPs of one training step (ControlNet forward, UNet forward + backward into the LoRA) on the meta device."""
     import torch
     from bench_adapt import build_fullsize
-    from diffusers import DDIMScheduler
     from torch.utils.flop_counter import FlopCounterMode
 
     from motia import adapt as A
     from motia import lora
-    from motia.models.tiny import SCHEDULER_CONFIG
+    from motia.models import animatediff_scheduler
 
     meta = torch.device("meta")
     a = job_config("fullsize", size, 1, 0, 0, "cpu", "fp32").adapt
@@ -467,7 +466,7 @@ def adapt_step_flops(size: int, checkpointing: bool) -> int:
         num_train_timesteps=1000, generator=g, device=meta,
     )
     with FlopCounterMode(display=False) as counter:
-        A.diffusion_loss(unet, controlnet, batch, torch.zeros(1, 77, 768, device=meta), DDIMScheduler(**SCHEDULER_CONFIG)).backward()
+        A.diffusion_loss(unet, controlnet, batch, torch.zeros(1, 77, 768, device=meta), animatediff_scheduler()).backward()
     return counter.get_total_flops()
 
 

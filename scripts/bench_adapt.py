@@ -116,9 +116,7 @@ def bench_fullsize(cfg, args) -> dict:
     from accelerate import Accelerator
 
     from motia import lora
-    from motia.models import resolve_device, resolve_dtype
-    from motia.models.tiny import SCHEDULER_CONFIG  # SD1.5's DDPM schedule
-    from diffusers import DDIMScheduler
+    from motia.models import animatediff_scheduler, resolve_device, resolve_dtype
 
     if args.size % 8:
         raise SystemExit("--size must be a multiple of 8")
@@ -134,7 +132,7 @@ def bench_fullsize(cfg, args) -> dict:
         torch.manual_seed(cfg.seed)
         lora.add_lora(unet, a.lora.targets, a.lora.rank, a.lora.alpha, a.lora.dropout)
     unet, params, optimizer, lr_scheduler = A.prepare_training(unet, controlnet, a, accelerator)
-    scheduler = DDIMScheduler(**SCHEDULER_CONFIG)
+    scheduler = animatediff_scheduler()  # what load_components gives by default
 
     f = args.frames or a.frames
     g = torch.Generator().manual_seed(cfg.seed)

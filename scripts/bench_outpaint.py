@@ -91,12 +91,12 @@ def _peak(device) -> int | None:
 def fullsize_components(device: str, dtype: str):
     """SD1.5 + motion module v2 + inpainting ControlNet architecture with random weights (and the tiny tokenizer)."""
     import torch
-    from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, MotionAdapter, UNet2DConditionModel
+    from diffusers import AutoencoderKL, ControlNetModel, MotionAdapter, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from motia.models import Components, resolve_device, resolve_dtype
+    from motia.models import Components, animatediff_scheduler, resolve_device, resolve_dtype
     from motia.models.loading import assemble_motion_unet
-    from motia.models.tiny import SCHEDULER_CONFIG, resolve_tiny
+    from motia.models.tiny import resolve_tiny
 
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
@@ -121,7 +121,7 @@ def fullsize_components(device: str, dtype: str):
     parts = {}
     for name, m in (("unet", unet), ("controlnet", controlnet), ("vae", vae), ("text_encoder", text_encoder)):
         parts[name] = m.to(device=dev, dtype=dt).eval().requires_grad_(False)
-    return Components(tokenizer=tokenizer, scheduler=DDIMScheduler(**SCHEDULER_CONFIG), device=dev, dtype=dt,
+    return Components(tokenizer=tokenizer, scheduler=animatediff_scheduler(), device=dev, dtype=dt,
                       sources={"base": "random SD1.5 architecture"}, **parts)
 
 

@@ -30,6 +30,15 @@ def test_info_prints_geometry_and_work(capsys):
     assert "unet_calls: 20" in out  # 4 steps x 5 windows, no regret
 
 
+def test_info_prints_the_noise_schedule(capsys):
+    assert main(["info", TINY, "sample.steps=25"]) == 0
+    out = capsys.readouterr().out
+    assert "name: animatediff" in out and "alphas_cumprod[481]: 0.1814" in out and "961, 921, ..., 1" in out
+    assert main(["info", TINY, "models.schedule=base"]) == 0
+    out = capsys.readouterr().out
+    assert "name: base" in out and "betas: scaled_linear" in out and "alphas_cumprod[481]: 0.3023" in out
+
+
 def test_preview_writes_a_png(tmp_path, capsys):
     out = tmp_path / "p.png"
     assert main(["preview", TINY, "--out", str(out)]) == 0

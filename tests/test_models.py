@@ -177,7 +177,7 @@ def test_single_files_load_equal_to_folders(folder_components, tiny_bundle):
 def test_hub_id_not_cached_offline_is_a_clear_error(tiny_bundle, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(InputError, match=r"models.base: 'motia-test/no-such-model' .*HF_HUB_OFFLINE=1"):
-        load_components(base="motia-test/no-such-model", parts=("scheduler",))
+        load_components(base="motia-test/no-such-model", schedule="base", parts=("scheduler",))
     with pytest.raises(InputError, match=r"^models.controlnet: 'motia-test/no-such-controlnet' .*not in the Hugging Face cache"):
         load_components(base="tiny:sd", controlnet="motia-test/no-such-controlnet", parts=("controlnet",))
 
@@ -185,14 +185,14 @@ def test_hub_id_not_cached_offline_is_a_clear_error(tiny_bundle, monkeypatch):
 def test_missing_paths_name_the_key(tmp_path, tiny_bundle):
     missing = tmp_path / "nope"
     with pytest.raises(InputError, match=rf"^models.base: {missing} does not exist; give a diffusers folder, a hub id"):
-        load_components(base=str(missing), parts=("scheduler",))
+        load_components(base=str(missing), schedule="base", parts=("scheduler",))
     with pytest.raises(InputError, match=r"^models.controlnet: ./cn.safetensors does not exist"):
         load_components(base="tiny:sd", controlnet="./cn.safetensors", parts=("controlnet",))
     junk = tmp_path / "junk"
     junk.mkdir()
     (junk / "notes.txt").write_text("x")
     with pytest.raises(InputError, match=r"^models.base: .*junk is a folder without model_index.json or config.json \(found: notes.txt\)"):
-        load_components(base=str(junk), parts=("scheduler",))
+        load_components(base=str(junk), schedule="base", parts=("scheduler",))
     with pytest.raises(ConfigError, match="models.motion_adapter: unknown tiny model 'tiny:nope'"):
         load_components(**dict(TINY, motion_adapter="tiny:nope"), parts=("unet",))
 
@@ -203,7 +203,7 @@ def test_wrong_kind_checkpoints_name_the_component(tiny_bundle, tmp_path):
     with pytest.raises(InputError, match=r"^models.controlnet: .*mm_tiny.ckpt looks like an AnimateDiff motion module .*expected an SD1.5 ControlNet"):
         load_components(**dict(TINY, controlnet="tiny:mm_ckpt"), parts=("controlnet",))
     with pytest.raises(InputError, match=r"^models.base: tiny:controlnet is a ControlNetModel folder, expected a diffusers SD1.5 pipeline"):
-        load_components(base="tiny:controlnet", parts=("scheduler",))
+        load_components(base="tiny:controlnet", schedule="base", parts=("scheduler",))
     from safetensors.torch import save_file
 
     save_file({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(4, 4)}, tmp_path / "l.safetensors")

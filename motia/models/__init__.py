@@ -9,7 +9,11 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
+    "ANIMATEDIFF_SCHEDULE": "loading",
+    "SCHEDULES": "loading",
     "Components": "loading",
+    "animatediff_scheduler": "loading",
+    "describe_schedule": "loading",
     "Source": "loading",
     "load_components": "loading",
     "resolve_device": "loading",

@@ -17,6 +17,14 @@ a JSON file, or a folder with ``config.json``), a sidecar ``<checkpoint stem>.js
 beside the checkpoint, or AnimateDiff's 8. Every other setting is read off the
 weights (channels, layers, mid block, positional-encoding length).
 
+Noise schedule (``models.schedule``): with ``animatediff`` (the default) the scheduler
+is a DDIMScheduler on AnimateDiff's linear beta schedule (``ANIMATEDIFF_SCHEDULE``),
+whatever the base's own scheduler config says: the motion module was trained on it and
+the reference trains and samples with it. SD1.5's ``scaled_linear`` config would put
+alphas_cumprod[481] at 0.302 instead of 0.181. ``base`` builds the DDIMScheduler from
+the base's scheduler config instead. ``Components.scheduler`` is the one both stages use
+(adaptation's ``add_noise``, outpainting's DDIM steps, noise regret and known-region blend).
+
 Precision: with ``dtype: auto`` everything (UNet, ControlNet, text encoder and VAE)
 is fp16 on CUDA and fp32 on CPU. SD1.5's VAE decodes fine in fp16 with
 sd-vae-ft-mse; a separate ``vae_dtype`` may be added later. Half precision on CPU
@@ -48,6 +56,7 @@ ALL_PARTS = ("tokenizer", "text_encoder", "vae", "unet", "controlnet", "schedule
 ANIMATEDIFF_HEADS = 8  # AnimateDiff's motion modules all use 8 heads
 FIELDS = (
     "base",
+    "schedule",
     "base_config",
     "vae",
     "controlnet",
@@ -57,6 +66,22 @@ FIELDS = (
     "dtype",
     "device",
     "variant",
+)
+SCHEDULES = ("animatediff", "base")
+# AnimateDiff's noise schedule (its configs/inference/*.yaml noise_scheduler_kwargs, and the
+# reference's configs/base.yaml): linear betas, no sample clipping, steps offset 1.
+# set_alpha_to_one is not set there, so both take DDIMScheduler's default True: the last
+# DDIM step lands on the predicted clean latents. "leading" spacing: 961, 921, ..., 1 for 25 steps.
+ANIMATEDIFF_SCHEDULE = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="linear",
+    clip_sample=False,
+    set_alpha_to_one=True,
+    steps_offset=1,
+    timestep_spacing="leading",
+    prediction_type="epsilon",
 )
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -71,7 +96,8 @@ class Components:
     vae: Any = None
     unet: Any = None  # diffusers.UNetMotionModel; wants encoder_hidden_states repeated per frame (B * F, 77, D)
     controlnet: Any = None
-    scheduler: Any = None
+    scheduler: Any = None  # DDIMScheduler on the schedule named by ``schedule``
+    schedule: str = "animatediff"
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype = torch.float32
     sources: dict[str, str] = field(default_factory=dict)
@@ -725,11 +751,38 @@ def _base_from_single_file(src: Source, cfg: Source, need: set[str], dtype):
                 torch_dtype=dtype,
                 safety_checker=None,
                 feature_extractor=None,
-                scheduler=out.get("scheduler") or DDIMScheduler(),
+                scheduler=out.get("scheduler") or animatediff_scheduler(),  # a placeholder: only modules are kept
                 **skip,
             )
         out.update({name: getattr(pipe, name) for name in modules})
         del pipe
+    return out
+
+
+def animatediff_scheduler():
+    """A fresh DDIMScheduler on AnimateDiff's linear schedule (``ANIMATEDIFF_SCHEDULE``)."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(**ANIMATEDIFF_SCHEDULE)
+
+
+def describe_schedule(scheduler, schedule: str, steps: int | None = None) -> dict[str, Any]:
+    """What ``motia info`` prints about a scheduler: its name, betas, a probe alpha and the timesteps."""
+    c = scheduler.config
+    out: dict[str, Any] = {
+        "name": schedule,
+        "betas": f"{c.beta_schedule} {c.beta_start:g}..{c.beta_end:g} over {c.num_train_timesteps}",
+        "alphas_cumprod[481]": round(float(scheduler.alphas_cumprod[481]), 4),
+        "clip_sample": bool(c.clip_sample),
+        "set_alpha_to_one": bool(c.set_alpha_to_one),
+        "steps_offset": int(c.steps_offset),
+        "spacing": c.timestep_spacing,
+    }
+    if steps:
+        probe = type(scheduler).from_config(c)  # set_timesteps mutates: never on the shared one
+        probe.set_timesteps(steps)
+        ts = probe.timesteps.tolist()
+        out["timesteps"] = ts if len(ts) <= 4 else f"{ts[0]}, {ts[1]}, ..., {ts[-1]} ({len(ts)} steps)"
     return out
 
 
@@ -784,8 +837,9 @@ def load_components(
     ``models`` is any object (or dict) with the attributes in ``FIELDS``; keyword
     ``fields`` override them. ``device``/``dtype`` override ``models.device``/``models.dtype``.
     The UNet is a ``UNetMotionModel`` (SD1.5 UNet + motion modules), the scheduler a
-    ``DDIMScheduler`` from the base's scheduler config. ``progress=True`` shows a bar
-    over the parts and the libraries' own loading bars.
+    ``DDIMScheduler`` on the ``schedule`` field's noise schedule: ``animatediff`` (default;
+    the base is not read for it) or ``base`` (the base's scheduler config). ``progress=True``
+    shows a bar over the parts and the libraries' own loading bars.
     """
     from tqdm.auto import tqdm
 
@@ -798,11 +852,18 @@ def load_components(
     get = lambda name: _field(models, fields, name)  # noqa: E731
     dev = resolve_device(device if device is not None else get("device"))
     dt = resolve_dtype(dtype if dtype is not None else get("dtype"), dev)
-    comps = Components(device=dev, dtype=dt)
+    schedule = get("schedule") or "animatediff"
+    if schedule not in SCHEDULES:
+        raise ConfigError(f"models.schedule: '{schedule}' is not one of {', '.join(SCHEDULES)}")
+    comps = Components(device=dev, dtype=dt, schedule=schedule)
 
     # Resolve and check every source first.
     vae_src = locate(get("vae"), "models.vae") if "vae" in need and get("vae") else None
-    base_need = need & {"tokenizer", "text_encoder", "unet", "scheduler"} | ({"vae"} if "vae" in need and not vae_src else set())
+    base_need = (
+        need & {"tokenizer", "text_encoder", "unet"}
+        | ({"scheduler"} if "scheduler" in need and schedule == "base" else set())
+        | ({"vae"} if "vae" in need and not vae_src else set())
+    )
     base = base_cfg = None
     if base_need or vae_src is not None:
         base = locate(get("base"), "models.base")
@@ -859,6 +920,8 @@ def load_components(
             del unet2d, adapter
             bar.update()
 
+    if "scheduler" in need and schedule == "animatediff":
+        loaded["scheduler"] = animatediff_scheduler()
     if "tokenizer" in loaded:
         _check_tokenizer(loaded["tokenizer"], base)
     _check_compatible(loaded, comps.sources)
