@@ -36,13 +36,24 @@ _SPATIAL_BLOCK = r".*attentions\.\d+\.transformer_blocks\.\d+\."
 
 # Patterns are matched with re.fullmatch against names from unet.named_modules().
 # In AnimateDiff's temporal blocks attn1 and attn2 are both self-attention over frames.
+# "temporal" is what the reference trains (src/utils/register.py, register_motion_lora):
+# q/k/v of every VersatileAttention (attn1, attn2) and ff.net.2 (its `lora_layer`, which
+# diffusers 0.20's LoRACompatibleLinear calls). It also creates a LoRA for ff.net.0.proj,
+# but stores it as `lora_linear`, an attribute nothing calls: that one never trains.
+# "temporal+ff_in" is motia 0.1's "temporal", with ff.net.0.proj trained too.
 PRESETS: dict[str, tuple[str, ...]] = {
     "temporal": (
+        _MOTION_BLOCK + r"attn[12]\.to_[qkv]",
+        _MOTION_BLOCK + r"ff\.net\.2",
+    ),
+    "temporal+ff_in": (
         _MOTION_BLOCK + r"attn[12]\.to_[qkv]",
         _MOTION_BLOCK + r"ff\.net\.(0\.proj|2)",
     ),
 }
 PRESETS["temporal+spatial"] = PRESETS["temporal"] + (_SPATIAL_BLOCK + r"attn1\.(to_[qkv]|to_out\.0)",)
+# The reference's init (register.py LoraLinear): down ~ N(0, (1/r)^2), up = 0; peft's "gaussian".
+DEFAULT_INIT = "gaussian"
 
 _WRAPPABLE = (nn.Linear, nn.Conv2d)
 
@@ -92,12 +103,14 @@ def add_lora(
     dropout: float = 0.0,
     adapter_name: str = ADAPTER_NAME,
     *,
-    init_lora_weights: bool | str = True,
+    init_lora_weights: bool | str = DEFAULT_INIT,
     lora_dtype: torch.dtype | None = torch.float32,
 ) -> list[str]:
     """Attach a fresh LoRA adapter and make it the only trainable part of ``unet``; return the target names.
 
     ``alpha / rank`` multiplies the LoRA delta (the reference's x8 is r=16, alpha=128).
+    ``init_lora_weights`` is peft's: "gaussian" (default, the reference's lora_A ~ N(0, 1/r^2))
+    or True (peft's Kaiming-uniform lora_A); lora_B starts at zero either way.
     LoRA parameters are kept in ``lora_dtype`` (fp32 by default) even when the base is
     half precision, so optimizer updates are not lost to fp16 rounding; ``None`` keeps
     peft's choice.

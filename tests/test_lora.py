@@ -9,7 +9,8 @@ import torch
 from motia import __version__, lora
 from motia.errors import ConfigError, InputError
 
-MOTION_LEAVES = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn2.to_q", "attn2.to_k", "attn2.to_v", "ff.net.0.proj", "ff.net.2")
+# The reference's layers (src/utils/register.py): q/k/v of both temporal attentions and ff.net.2.
+MOTION_LEAVES = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn2.to_q", "attn2.to_k", "attn2.to_v", "ff.net.2")
 SPATIAL_LEAVES = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0")
 
 
@@ -58,14 +59,35 @@ def _names_by_hand(unet, block_word, leaves):
 def test_temporal_preset_trains_only_motion_lora(unet):
     names = lora.add_lora(unet, "temporal", rank=4, alpha=32)
     assert set(names) == _names_by_hand(unet, "motion_modules", MOTION_LEAVES)
-    # 4 down + 2 x 4 up + 1 mid motion modules, 8 layers each.
-    assert len(names) == 13 * 8
+    # 4 down + 2 x 4 up + 1 mid motion modules, 7 layers each.
+    assert len(names) == 13 * 7
     assert all("motion_modules" in n for n in names)
     trainable = {n for n, p in unet.named_parameters() if p.requires_grad}
     assert trainable == {f"{n}.lora_{ab}.motia.weight" for n in names for ab in "AB"}
     assert lora.lora_targets(unet) == names
     lora_a = dict(unet.named_parameters())[f"{names[0]}.lora_A.motia.weight"]
     assert lora_a.shape[0] == 4 and unet.peft_config["motia"].lora_alpha == 32
+
+
+def test_temporal_preset_is_the_references_layers(base_unet):
+    names = lora.resolve_targets(base_unet, "temporal")
+    # The reference registers a LoRA on ff.net.0.proj that its forward never calls: not trained here.
+    assert not any(n.endswith("ff.net.0.proj") for n in names)
+    assert sum(n.endswith("ff.net.2") for n in names) == 13
+    # The previous set (feed-forward input projection too) stays available under another name.
+    wide = lora.resolve_targets(base_unet, "temporal+ff_in")
+    assert set(wide) - set(names) == {n[: -len("2")] + "0.proj" for n in names if n.endswith("ff.net.2")}
+
+
+def test_lora_init_is_the_references_gaussian(unet):
+    # The reference's LoraLinear: down ~ N(0, std 1/r), up = 0 (peft init_lora_weights="gaussian").
+    rank = 4
+    names = lora.add_lora(unet, "temporal", rank=rank, alpha=8 * rank)
+    params = dict(unet.named_parameters())
+    down = torch.cat([params[f"{n}.lora_A.motia.weight"].flatten() for n in names])
+    assert abs(down.std().item() - 1 / rank) < 0.1 / rank and abs(down.mean().item()) < 0.02
+    assert all(not params[f"{n}.lora_B.motia.weight"].any() for n in names)
+    assert unet.peft_config["motia"].lora_alpha / unet.peft_config["motia"].r == 8  # the reference's k = 8
 
 
 def test_temporal_spatial_preset_adds_spatial_self_attention(base_unet):
