@@ -200,6 +200,9 @@ class SampleConfig(_Section):
     guidance_scale: float = Field(7.5, ge=0)
     guidance_steps: int = Field(15, ge=0)  # guidance on the first N steps, then the cond branch alone
     negative_prompt: str = ""
+    # Noise that re-noises the known latents at every step: "fixed" = the run's initial noise
+    # throughout (the reference), "fresh" = new noise from the run's generator each step.
+    known_noise: Literal["fixed", "fresh"] = "fixed"
     window: WindowSection = WindowSection()
     regret: RegretSection = RegretSection()
     insertion: InsertionSection = InsertionSection()

@@ -360,6 +360,31 @@ def place_on_canvas(frames: torch.Tensor, canvas: Canvas, fill: float = 0.5) -> 
     return out
 
 
+def grid_box(canvas: Canvas, scale: int = 8) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right) of the smallest ``scale``-aligned box that covers the known box.
+
+    Every latent cell the source touches lies inside it; for an aligned box it is the box.
+    """
+    top, left, bottom, right = canvas.box
+    return top - top % scale, left - left % scale, bottom + (-bottom) % scale, right + (-right) % scale
+
+
+def pad_to_grid(frames: torch.Tensor, canvas: Canvas, scale: int = 8) -> torch.Tensor:
+    """(F, C, src_h, src_w) -> the source alone on ``grid_box(canvas, scale)``, padded by edge replication.
+
+    What the VAE encodes for the known latents: the source's own pixels, no canvas fill,
+    so fully known latent cells carry the source's latents (the reference encodes the
+    source by itself). The replicated margin only reaches partially known cells.
+    """
+    _check_frames(frames, canvas.src_h, canvas.src_w, "frames")
+    top, left, bottom, right = canvas.box
+    g_top, g_left, g_bottom, g_right = grid_box(canvas, scale)
+    pad = (left - g_left, g_right - right, top - g_top, g_bottom - bottom)  # F.pad order: W then H
+    if not any(pad):
+        return frames
+    return F_nn.pad(frames, pad, mode="replicate")  # (F, C, g_bottom - g_top, g_right - g_left)
+
+
 def control_video(canvas_frames: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
     """Inpainting-ControlNet condition: known pixels keep their value, pixels to generate become -1.0.
 

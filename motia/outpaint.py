@@ -35,9 +35,6 @@ from motia.errors import ConfigError, MotiaError
 
 log = logging.getLogger(__name__)
 
-# Source pixels are placed on this fill before encoding the known latents; the
-# fill itself only reaches cells the known mask discards.
-CANVAS_FILL = 0.5
 SUMMARY_FILE = "summary.json"
 
 Control = torch.Tensor | Callable[[int, int], torch.Tensor]
@@ -89,6 +86,25 @@ def encode_frames(vae, frames: torch.Tensor, chunk: int) -> torch.Tensor:
     from motia.adapt import encode_frames as _encode  # same latents as adaptation cached
 
     return _encode(vae, frames, chunk, next(vae.parameters()).device)
+
+
+def encode_known(vae, source: torch.Tensor, canvas, chunk: int) -> torch.Tensor:
+    """Known latents (F, 4, h, w) float32 CPU on the canvas's latent grid, from the source alone.
+
+    The source is edge-padded out to the latent grid (``geometry.pad_to_grid``), encoded
+    ``chunk`` frames at a time and placed at its cells; cells outside are 0 (the known mask
+    discards them). With an 8-aligned box the box's cells are exactly ``encode(source)``.
+    """
+    from motia.geometry import grid_box, pad_to_grid
+
+    scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    h, w = canvas.latent_size(scale)
+    top, left, bottom, right = (v // scale for v in grid_box(canvas, scale))
+    out = torch.zeros(source.shape[0], vae.config.latent_channels, h, w)  # (F, 4, h, w)
+    for i in range(0, source.shape[0], chunk):
+        z = encode_frames(vae, pad_to_grid(source[i : i + chunk], canvas, scale), chunk)  # (n, 4, gh, gw)
+        out[i : i + z.shape[0], :, top:bottom, left:right] = z
+    return out
 
 
 @torch.no_grad()
@@ -276,7 +292,7 @@ def outpaint(
 ) -> OutpaintResult:
     """Outpaint ``clip`` (a motia.video.Clip) onto the canvas the config plans, with an optional adapted LoRA.
 
-    Steps: plan the canvas; encode the source placed on the canvas to known latents;
+    Steps: plan the canvas; encode the source (alone, edge-padded to the latent grid) to known latents;
     sample from noise drawn from ``generator`` (default: CPU, ``cfg.seed``) with
     temporal windows, guidance, noise regret and the known-region blend; decode in
     chunks; paste the source back (``output.paste``). The LoRA, its spatial scaling,
@@ -311,10 +327,7 @@ def outpaint(
     # --- conditions: text once, known latents chunk by chunk, control frames per window (lazily)
     text = encode_prompt(components, prompt, s.negative_prompt)
     chunk = s.decode_chunk
-    known_latents = torch.cat([
-        encode_frames(components.vae, place_on_canvas(source[i : i + chunk], canvas, CANVAS_FILL), chunk)
-        for i in range(0, num_frames, chunk)
-    ])  # (F, 4, h, w)
+    known_latents = encode_known(components.vae, source, canvas, chunk)  # (F, 4, h, w)
     known_latents = known_latents.permute(1, 0, 2, 3).unsqueeze(0).to(device)  # (1, 4, F, h, w)
     latent_mask = latent_known_mask(canvas, vae_scale, device=device)  # (h, w), 1 = known
     pixel_known = known_mask(canvas)  # (H, W)
@@ -364,6 +377,7 @@ def outpaint(
             windows=windows, weights_kind=s.window.weights,
             guidance_scale=s.guidance_scale, guidance_steps=s.guidance_steps,
             known_latents=known_latents, known_mask=latent_mask,
+            known_noise=noise if s.known_noise == "fixed" else None,  # the initial noise, as the reference
             regret_jump=s.regret.jump, regret_repeats=s.regret.repeats, regret_fraction=s.regret.fraction,
             final_alpha_cumprod=scheduler.final_alpha_cumprod, generator=generator,
             callback=on_move, progress=False,

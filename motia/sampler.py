@@ -77,18 +77,22 @@ def known_blend(
     known_mask: torch.Tensor,
     alpha: torch.Tensor | float | None,
     generator: torch.Generator | None,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Overwrite the known region of x (mask 1) with the source latents noised to x's level.
 
     ``alpha`` is alphas_cumprod at the level x has just reached, or None at the end
     of sampling: then the known region becomes the clean source latents exactly
-    (no noise drawn). known_latents broadcast against x, (B, C, F, h, w); the mask
-    is (h, w) or (B, 1, F, h, w), 1 = known, values in [0, 1].
+    (no noise drawn). The noise is ``noise`` when given (the reference re-noises with
+    one fixed tensor, the initial noise), else fresh from ``generator``.
+    known_latents broadcast against x, (B, C, F, h, w); the mask is (h, w) or
+    (B, 1, F, h, w), 1 = known, values in [0, 1].
     """
     mask = _as_mask(known_mask, x)
     source = known_latents.to(device=x.device, dtype=torch.float32)
     if alpha is not None:
-        source = alpha**0.5 * source + (1 - alpha) ** 0.5 * randn_like(x, generator)
+        eps = randn_like(x, generator) if noise is None else noise.to(device=x.device, dtype=torch.float32)
+        source = alpha**0.5 * source + (1 - alpha) ** 0.5 * eps
     # mask * source + (1 - mask) * x, not lerp: it is exact where mask == 1.
     return mask * source + (1 - mask) * x.float()
 
@@ -179,6 +183,7 @@ def sample(
     guidance_steps: int | None = None,
     known_latents: torch.Tensor | None = None,
     known_mask: torch.Tensor | None = None,
+    known_noise: torch.Tensor | None = None,
     regret_jump: int = 3,
     regret_repeats: int = 0,
     regret_fraction: float = 0.5,
@@ -192,7 +197,8 @@ def sample(
     Guidance applies at steps whose index in ``timesteps`` is < guidance_steps
     (None: all), regret repeats included; guidance_scale 1 never doubles the batch.
     With ``known_latents`` the known region is re-imposed after every step and is
-    the clean source exactly at the end. Updates run in float32 whatever the
+    the clean source exactly at the end; it is re-noised with ``known_noise`` (shaped
+    like ``latents``) at every step when given, else with fresh noise each step. Updates run in float32 whatever the
     model's precision; the result has the dtype of ``latents``. Noise comes only
     from ``generator``. ``callback(i, total, latents)`` runs after each of the
     ``total`` model moves and must not modify the tensor.
@@ -213,8 +219,11 @@ def sample(
 
     moves = regret_schedule(num_steps, regret_jump, regret_repeats, regret_fraction)
     total = sum(dst > src for src, dst in moves)
-    if generator is None and (total > num_steps or (known_latents is not None and num_steps > 1)):
+    fresh_known = known_latents is not None and known_noise is None and num_steps > 1
+    if generator is None and (total > num_steps or fresh_known):
         raise ValueError("noise regret and the known-region blend draw noise: pass a torch.Generator")
+    if known_noise is not None and tuple(known_noise.shape) != tuple(latents.shape):
+        raise ValueError(f"known_noise must be shaped like latents {tuple(latents.shape)}, got {tuple(known_noise.shape)}")
     eps_fn = windowed(cfg(denoise, guidance_scale), windows, weights_kind)
     base = dict(cond or {})
 
@@ -222,6 +231,8 @@ def sample(
     if known_latents is not None:  # moved once, not every step
         known_latents = known_latents.to(device=x.device, dtype=torch.float32)
         known_mask = _as_mask(known_mask, x)
+        if known_noise is not None:
+            known_noise = known_noise.to(device=x.device, dtype=torch.float32)
     done = 0
     with tqdm(total=total, disable=not progress, desc="denoise", leave=False) as bar:
         for src, dst in moves:
@@ -232,7 +243,8 @@ def sample(
             eps = eps_fn(x, timesteps[src], {**base, "guided": guided, "step": src, "move": done})
             x = ddim_step(x, eps, levels[src], levels[dst])
             if known_latents is not None:
-                x = known_blend(x, known_latents, known_mask, None if dst == num_steps else levels[dst], generator)
+                alpha = None if dst == num_steps else levels[dst]
+                x = known_blend(x, known_latents, known_mask, alpha, generator, known_noise)
             if callback is not None:
                 callback(done, total, x)
             done += 1

@@ -15,9 +15,11 @@ from motia.geometry import (
     box_distance,
     control_video,
     downsample_mask,
+    grid_box,
     insertion_map,
     known_mask,
     latent_known_mask,
+    pad_to_grid,
     paste_known,
     place_on_canvas,
     plan_canvas,
@@ -255,6 +257,27 @@ def test_place_on_canvas_and_control_video():
     assert torch.equal(ctrl2[0], ctrl[0]) and torch.all(ctrl2[1] == -1.0)
     with pytest.raises(ValueError):
         place_on_canvas(torch.rand(2, 3, 6, 7), canvas)
+
+
+def test_pad_to_grid_replicates_the_source_edges_out_to_the_latent_grid():
+    canvas = Canvas(src_h=30, src_w=29, height=40, width=48, top=5, left=10)  # box (5, 10, 35, 39)
+    assert grid_box(canvas) == (0, 8, 40, 40)
+    frames = torch.rand(2, 3, 30, 29)
+    padded = pad_to_grid(frames, canvas)  # (2, 3, 40, 32): 5 rows above, 5 below, 2 cols left, 1 right
+    assert padded.shape == (2, 3, 40, 32)
+    assert torch.equal(padded[:, :, 5:35, 2:31], frames)
+    assert torch.equal(padded[:, :, :5, 2:31], frames[:, :, :1].expand(-1, -1, 5, -1))
+    assert torch.equal(padded[:, :, 35:, 2:31], frames[:, :, -1:].expand(-1, -1, 5, -1))
+    assert torch.equal(padded[:, :, 5:35, :2], frames[:, :, :, :1].expand(-1, -1, -1, 2))
+    assert torch.equal(padded[:, :, 5:35, 31:], frames[:, :, :, -1:])
+    # Every fully known latent cell lies inside the grid box.
+    cells = latent_known_mask(canvas).nonzero()
+    g_top, g_left, g_bottom, g_right = grid_box(canvas)
+    assert cells[:, 0].min() * 8 >= g_top and (cells[:, 0].max() + 1) * 8 <= g_bottom
+    assert cells[:, 1].min() * 8 >= g_left and (cells[:, 1].max() + 1) * 8 <= g_right
+    aligned = Canvas(src_h=32, src_w=32, height=32, width=48, top=0, left=8)
+    square = torch.rand(2, 3, 32, 32)
+    assert grid_box(aligned) == aligned.box and pad_to_grid(square, aligned) is square  # nothing to pad
 
 
 # ----------------------------------------------------------------------------- insertion map

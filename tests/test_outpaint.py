@@ -105,18 +105,21 @@ def test_known_region_is_the_input_and_seed_decides(baseline, clip_file, compone
 
 
 def test_without_paste_the_known_latents_are_the_source_latents(baseline, clip_file, components):
-    from motia.geometry import latent_known_mask, place_on_canvas
-    from motia.outpaint import CANVAS_FILL, encode_frames
+    from motia.geometry import latent_known_mask
+    from motia.outpaint import encode_frames
 
     cfg = make_cfg(clip_file, "video.max_frames=7", "output.paste=false")
     result = run(cfg, components)
     source = load(cfg).frames
     mask = latent_known_mask(result.canvas).bool()  # (h, w)
     assert mask.any() and not mask.all()
-    expected = encode_frames(components.vae, place_on_canvas(source, result.canvas, CANVAS_FILL), cfg.sample.decode_chunk)
-    expected = expected.permute(1, 0, 2, 3)  # (4, F, h, w)
-    assert torch.equal(result.latents[0][..., mask], expected[..., mask])
-    assert not torch.equal(result.latents[0][..., ~mask], expected[..., ~mask])
+    # An 8-aligned box (32x32 source at left 8 of 48): its cells are encode(source) alone, exactly,
+    # not the source pasted on a filler canvas (the VAE would leak the fill into them).
+    top, left, bottom, right = (v // 8 for v in result.canvas.box)
+    assert mask[top:bottom, left:right].all() and mask.sum() == (bottom - top) * (right - left)
+    expected = encode_frames(components.vae, source, cfg.sample.decode_chunk).permute(1, 0, 2, 3)  # (4, F, 4, 4)
+    assert torch.equal(result.latents[0][:, :, top:bottom, left:right], expected)
+    assert not torch.equal(result.latents[0][..., ~mask], torch.zeros_like(result.latents[0][..., ~mask]))
     # The VAE is lossy: without the paste the known pixels are close to, but not, the input.
     assert not torch.equal(box(result.frames, result.canvas), source)
     assert torch.equal(result.latents, baseline[1].latents)  # the paste comes after sampling

@@ -165,6 +165,36 @@ def test_regret_off_equals_plain_loop():
     assert regret_schedule(10, 3, 0) == [(i, i + 1) for i in range(10)]
 
 
+def test_fixed_known_noise_is_the_same_tensor_at_every_step():
+    """The reference re-noises the known latents with one tensor (the initial noise) at every step."""
+    scheduler, noise, known, mask = setup(10)
+    ts, ac = scheduler.timesteps, scheduler.alphas_cumprod
+    region = mask.bool().expand(SHAPE)
+
+    def noise_in_known_region(known_noise, generator):
+        seen = {}
+
+        def look(i, total, x):  # after move i the latents sit at level i + 1
+            if i + 1 < len(ts):
+                a = ac[ts[i + 1]]
+                seen[i] = ((x - a**0.5 * known) / (1 - a) ** 0.5)[region]
+
+        stub = lambda x, t, cond, window: torch.zeros_like(x)  # noqa: E731 - the denoiser plays no part here
+        sample(stub, noise, ts, ac, known_latents=known, known_mask=mask, known_noise=known_noise,
+               generator=generator, callback=look)
+        return seen
+
+    fixed = noise_in_known_region(noise, None)  # nothing is drawn: no generator needed
+    torch.testing.assert_close(fixed[1], noise[region], rtol=0, atol=1e-4)
+    torch.testing.assert_close(fixed[6], noise[region], rtol=0, atol=1e-4)
+    fresh = noise_in_known_region(None, torch.Generator().manual_seed(0))
+    assert (fresh[1] - fresh[6]).abs().max() > 0.5  # "fresh": new noise at every step
+    model = FakeModel()
+    with pytest.raises(ValueError, match="known_noise"):
+        sample(model, noise, ts, ac, known_latents=known, known_mask=mask, known_noise=noise[:, :, :3])
+    assert not model.calls
+
+
 def test_regret_schedule_shape():
     moves = regret_schedule(25, jump=3, repeats=4, fraction=0.5)
     forward = [m for m in moves if m[1] > m[0]]
