@@ -173,7 +173,7 @@ class InsertionSection(_Section):
 
 
 class WindowAttentionSection(_Section):
-    enabled: bool | Literal["auto"] = "auto"  # auto: on when the canvas's long side >= 1024 px
+    enabled: bool | Literal["auto"] = "auto"  # auto: on when the canvas's long side > 1024 px
     blocks: list[str] = ["down_blocks.0", "up_blocks.3"]
     grid: list[int] = [2, 2]
     shift: bool = True

@@ -126,7 +126,9 @@ def test_token_grid_from_latent_size():
 
 
 def test_should_enable_auto_rule():
-    assert should_enable("auto", 512, 1024) and should_enable("auto", 1024, 576)
+    # The paper's 512x512 -> 512x1024 runs full attention, as the reference; only larger canvases window.
+    assert not should_enable("auto", 512, 1024) and not should_enable("auto", 1024, 576)
+    assert should_enable("auto", 512, 1536) and should_enable("auto", 1032, 512)
     assert not should_enable("auto", 512, 1016)
     assert should_enable(True, 64, 64) and not should_enable(False, 4096, 4096)
     with pytest.raises(ConfigError):
