@@ -134,9 +134,11 @@ def build_controlnet(seed: int = 2):
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         cn = ControlNetModel(**CONTROLNET_CONFIG)
-        # Zero-initialised output convs would make the ControlNet a no-op.
+        # Zero-initialised output convs would make the ControlNet a no-op, and a zero conv_out of
+        # the conditioning embedding would make it blind to the control video (the -1 border).
+        zero_init = ("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding.conv_out")
         for name, p in cn.named_parameters():
-            if ("controlnet_down_blocks" in name or "controlnet_mid_block" in name) and p.abs().sum() == 0:
+            if any(part in name for part in zero_init) and p.abs().sum() == 0:
                 p.data.normal_(0, 0.02)
         return cn
 
