@@ -113,7 +113,7 @@ def test_one_adaptation_step_loss_is_ddpm_add_noise_on_the_linear_schedule(clip_
 
     from motia import adapt as A
     from motia.job import load_clip
-    from motia.lora import read_lora_metadata
+    from motia.lora import lora_disabled, read_lora_metadata
 
     cfg = job(clip_file, "adapt.steps=1", "adapt.frames=4", "adapt.checkpoint_every=1000", f"output.dir={tmp_path}")
     comps = dataclasses.replace(components, unet=copy.deepcopy(components.unet))
@@ -130,21 +130,22 @@ def test_one_adaptation_step_loss_is_ddpm_add_noise_on_the_linear_schedule(clip_
     )
     text = A.encode_prompt(components.tokenizer, components.text_encoder, cfg.prompt, "cpu")  # (1, 77, D)
 
-    def independent_loss(ddpm):  # the loss written out, with the base UNet (lora_B is 0 before step 1)
+    def independent_loss(ddpm):  # the loss written out on the same weights, LoRA off (lora_B was 0 at step 1)
         x0, noise, t = batch["latents"], batch["noise"], batch["t"]
         _, c, f, h, w = x0.shape
         noisy = ddpm.add_noise(x0, noise, t)  # (1, 4, f, h, w)
         text_f = text.repeat_interleave(f, dim=0)  # (f, 77, D)
-        with torch.no_grad():
+        # The same UNet object adaptation ran: a copy gives other float rounding (BLAS picks kernels by
+        # memory alignment), which the tiny random UNet amplifies to ~1e-4 of the loss.
+        with torch.no_grad(), lora_disabled(comps.unet) as unet:
             down, mid = components.controlnet(noisy[0].permute(1, 0, 2, 3), t.repeat(f), encoder_hidden_states=text_f,
                                               controlnet_cond=batch["control"], return_dict=False)
-            pred = components.unet(noisy, t, encoder_hidden_states=text_f, down_block_additional_residuals=down,
-                                   mid_block_additional_residual=mid).sample
+            pred = unet(noisy, t, encoder_hidden_states=text_f, down_block_additional_residuals=down,
+                        mid_block_additional_residual=mid).sample
         return F.mse_loss(pred, noise).item()
 
     expected = independent_loss(DDPMScheduler(**ANIMATEDIFF_KWARGS))
-    # Float noise only (the training forward runs with autograd on): ~1e-6 of a loss near 1 ...
-    assert abs(losses[0] - expected) < 1e-5
+    assert abs(losses[0] - expected) < 1e-6  # float noise at most (0 here) ...
     # ... while SD1.5's scaled_linear schedule moves it by ~5e-3 even on tiny random weights.
     scaled = independent_loss(DDPMScheduler(**{**ANIMATEDIFF_KWARGS, "beta_schedule": "scaled_linear"}))
     assert abs(losses[0] - scaled) > 1e-3
