@@ -198,8 +198,9 @@ def sample(
     (None: all), regret repeats included; guidance_scale 1 never doubles the batch.
     With ``known_latents`` the known region is re-imposed after every step and is
     the clean source exactly at the end; it is re-noised with ``known_noise`` (shaped
-    like ``latents``) at every step when given, else with fresh noise each step. Updates run in float32 whatever the
-    model's precision; the result has the dtype of ``latents``. Noise comes only
+    like ``latents``) at every step when given, else with fresh noise each step.
+    Updates run in float32 whatever the model's precision; the result has the
+    dtype of ``latents``. Noise comes only
     from ``generator``. ``callback(i, total, latents)`` runs after each of the
     ``total`` model moves and must not modify the tensor.
     """
