@@ -10,7 +10,7 @@ The manifest (see ``configs/batch_example.yaml``)::
       - {path: a.mp4, name: a_tall, outpaint: {aspect: "9:16"}, video: {max_frames: 16}}
     globs: ["data/*.mp4"]      # more clips, in sorted order, named by file stem
     output: outputs/batch      # batch root: <output>/<name>/ per clip, reports at the top
-    adapter_cache: null        # default $MOTIA_ADAPTERS, else <$MOTIA_CACHE or ~/.cache/motia>/adapters
+    adapter_cache: null        # default $MOTIA_ADAPTERS, else <motia's cache root>/adapters
     reuse_adapters: true
 
 A clip's config is: the base, the manifest's ``overrides``, the command line's overrides,
@@ -87,7 +87,7 @@ CSV_COLUMNS = ("clip", "status", "adapt_s", "outpaint_s", "peak_memory_bytes", "
 _ADAPT_BOOKKEEPING = {"output_dir", "checkpoint_every", "keep_checkpoints", "log_every", "encode_chunk",
                       "gradient_checkpointing"}  # fmt: skip
 _MODEL_KEYS = ("base", "base_config", "vae", "controlnet", "controlnet_config", "motion_adapter",
-               "motion_adapter_config", "dtype", "variant")  # fmt: skip
+               "motion_adapter_config", "dtype", "variant", "revision")  # fmt: skip
 _RESERVED_NAMES = {REPORTS}
 
 
@@ -220,7 +220,8 @@ def expand_jobs(spec: BatchManifest, manifest: str | os.PathLike, overrides: Seq
 
 
 def adapter_cache_dir(cache: str | os.PathLike | None = None) -> Path:
-    """``cache``, else ``$MOTIA_ADAPTERS``, else ``adapters`` under ``$MOTIA_CACHE`` or ``~/.cache/motia``."""
+    """``cache``, else ``$MOTIA_ADAPTERS``, else ``adapters`` under motia's cache root
+    (``$MOTIA_CACHE``, else ``$XDG_CACHE_HOME/motia``, else ``~/.cache/motia``)."""
     if cache:
         return Path(cache).expanduser()
     env = os.environ.get("MOTIA_ADAPTERS")
