@@ -168,6 +168,11 @@ class AdaptConfig(_Section):
     encode_chunk: int = Field(8, ge=1)  # frames per VAE encode call
     output_dir: str | None = None  # default: <output.dir>/<name>/adapter
 
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _no_is_a_word(cls, v):
+        return "no" if v is False else v  # YAML reads a bare `no` as false
+
 
 class WindowSection(_Section):
     frames: int = Field(16, ge=1)

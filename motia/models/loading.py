@@ -100,7 +100,7 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     name = (name or "auto").strip().lower()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
+    if re.fullmatch(r"cpu(:\d+)?", name):  # "cpu:0" is what accelerate reports under a multi-process CPU launch
         return torch.device("cpu")
     m = re.fullmatch(r"cuda(?::(\d+))?", name)
     if m is None:
