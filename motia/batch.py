@@ -581,6 +581,7 @@ def run_batch(manifest: str | os.PathLike, overrides: Sequence[str] = (), progre
     cache = adapter_cache_dir(spec.adapter_cache)
     out = Path(spec.output)
     state = _partial_state()
+    accelerator = batch_accelerator(jobs)  # before anything is written: clips must agree on it
     rank, world = state.process_index, state.num_processes
     report_path = out / REPORTS / f"rank_{rank:04d}.json"
     rows: list[dict] = []
@@ -592,7 +593,6 @@ def run_batch(manifest: str | os.PathLike, overrides: Sequence[str] = (), progre
     from motia.job import ModelCache
 
     models = ModelCache()  # loaded once per process, reused by every clip with the same `models`
-    accelerator = batch_accelerator(jobs)
     with state.split_between_processes(jobs) as mine:
         for job in mine:
             row = run_job(job, cache, spec.reuse_adapters, models=models, accelerator=accelerator)

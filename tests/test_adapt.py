@@ -1,5 +1,6 @@
 """Adaptation on the tiny bundle: the loss falls, only the LoRA trains, the adapter reloads, resume is exact."""
 
+import collections
 import copy
 import dataclasses
 import json
@@ -331,3 +332,30 @@ def test_generator_states_are_saved_per_process(tmp_path):
     assert torch.equal(torch.rand(3, generator=fresh.generator), expected)
     with pytest.raises(ConfigError, match="--num_processes 1"):
         TrainRNG(0).load_own(tmp_path, process_index=1, num_processes=2)
+
+
+def test_borrowed_accelerator_gets_its_scaler_state_back():
+    """fp16 training moves the grad scaler's scale; the next run on the same accelerator must start from the
+    state the first one found (CPU GradScaler here: a CPU-only machine cannot make an fp16 Accelerator)."""
+
+    class Lent:  # the parts of an Accelerator that _borrowed touches
+        scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+        freed = 0
+
+        def free_memory(self):
+            self.freed += 1
+
+    acc = Lent()
+    table = collections.OrderedDict()  # what accelerate keeps its hooks in (a plain dict is not weak-referenceable)
+    with pytest.raises(KeyboardInterrupt):
+        with A._borrowed(acc) as hooks:
+            from torch.utils.hooks import RemovableHandle
+
+            handle = RemovableHandle(table)
+            table[handle.id] = print
+            hooks.append(handle)
+            acc.scaler.scale(torch.ones(1))  # initialises the scale
+            acc.scaler.update(8.0)
+            assert acc.scaler.get_scale() == 8.0
+            raise KeyboardInterrupt
+    assert acc.scaler.get_scale() == 1024.0 and acc.freed == 1 and table == {}

@@ -271,6 +271,17 @@ def test_manifest_errors_name_the_key(tmp_path, capsys):
         batch.expand_jobs(batch.load_manifest(nothing), nothing)
 
 
+def test_clips_that_adapt_with_different_precision_are_refused_up_front(tmp_path, capsys):
+    (tmp_path / "a.mp4").write_bytes(b"")
+    manifest = _manifest(tmp_path, [{"path": "a.mp4"}, {"path": "a.mp4", "name": "a_bf16",
+                                                         "overrides": ["adapt.mixed_precision=bf16"]}])  # fmt: skip
+    assert cli_main(["batch", str(manifest)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "clips.0 (a) adapts on cpu with mixed precision no, clips.1 (a_bf16) on cpu " \
+        "with bf16; a batch adapts every clip with one setting" in err, err
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
 def test_jobs_expand_in_order_with_per_clip_settings(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
