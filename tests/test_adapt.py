@@ -282,7 +282,7 @@ def test_explicit_mixed_precision_against_the_launcher_warns_once(monkeypatch, c
 def test_one_accelerator_serves_runs_one_after_another(clip_path, pristine, tmp_path):
     """What a run puts on the accelerator is taken off again: a second run on the same accelerator and the same
     UNet object (as a ModelCache hands it on) trains exactly what a fresh run does; a solo run too."""
-    cfg = job(clip_path, tmp_path, "adapt.steps=3", "adapt.checkpoint_every=2")
+    cfg = job(clip_path, tmp_path, "adapt.steps=2", "adapt.checkpoint_every=1", "adapt.frames=4")
     acc = A.make_accelerator(cfg)
     comps = fresh(pristine)
     paths = [run(cfg, comps, tmp_path / "first", accelerator=acc)]
