@@ -32,6 +32,7 @@ Decisions worth knowing:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -39,7 +40,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -97,12 +98,35 @@ class TrainRNG:
         self.generator.set_state(states[process_index])
 
 
-def resolve_mixed_precision(setting: str, device_type: str, model_dtype: str = "auto") -> str:
+def launcher_mixed_precision() -> str | None:
+    """What ``accelerate launch`` asked for (``--mixed_precision`` or the accelerate config file), if launched.
+
+    The launcher always exports ``ACCELERATE_MIXED_PRECISION``, "no" when neither the
+    flag nor a config file names one, so its "no" cannot be told from its default.
+    """
+    value = os.environ.get("ACCELERATE_MIXED_PRECISION", "").strip().lower()
+    return value or None
+
+
+def resolve_mixed_precision(setting: str, device_type: str, model_dtype: str = "auto", launcher: str | None = None) -> str:
     """accelerate's mixed_precision for ``adapt.mixed_precision`` on this device.
 
-    "auto": none on CPU; on CUDA the half type the models are stored in (fp16 unless
-    ``models.dtype`` is bf16), as the reference trained in fp16.
+    "auto": the launcher's fp16/bf16 when ``accelerate launch`` asked for one
+    (``launcher``, see ``launcher_mixed_precision``); otherwise none on CPU and on
+    CUDA the half type the models are stored in (fp16 unless ``models.dtype`` is
+    bf16), as the reference trained in fp16. The launcher's "no" is also its
+    default, so it does not turn the CUDA default off: set ``adapt.mixed_precision: no``.
+    An explicit setting wins over the launcher (``make_accelerator`` warns when they differ).
     """
+    if setting == "auto" and launcher not in (None, "no"):
+        if launcher not in ("fp16", "bf16"):
+            raise ConfigError(
+                f"accelerate launch --mixed_precision {launcher} is not supported for adaptation; "
+                "launch with fp16 or bf16, or set adapt.mixed_precision"
+            )
+        if launcher == "fp16" and device_type != "cuda":
+            raise ConfigError("accelerate launch --mixed_precision fp16 needs a CUDA device; launch with bf16 or no on CPU")
+        return launcher
     if setting == "auto":
         if device_type != "cuda":
             return "no"
@@ -260,12 +284,33 @@ def make_optimizer(params, a) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=a.lr, weight_decay=a.weight_decay)
 
 
-def prepare_training(unet, controlnet, a, accelerator):
+class _Trainee(torch.nn.Module):
+    """The UNet as the module one run hands to accelerate.
+
+    accelerate marks what it prepared (and skips preparing a marked module again)
+    and wraps its forward (autocast); a fresh wrapper per run keeps both off the
+    UNet, which a ``ModelCache`` hands to the next clip's run.
+    """
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, *args, **kwargs):
+        return self.unet(*args, **kwargs)
+
+
+def prepare_training(unet, controlnet, a, accelerator, solo: bool = False):
     """Freeze the base, make the optimizer and LR schedule, hand them to accelerate.
 
     The LoRA must already be attached (``lora.add_lora``). Returns
-    ``(unet, params, optimizer, lr_scheduler)`` with ``unet`` the prepared model.
+    ``(model, params, optimizer, lr_scheduler)``: ``model`` calls the UNet under the
+    accelerator's mixed precision, in DDP when several processes train it together.
+    ``solo``: this process trains alone whatever the launch (no DDP), and the optimizer
+    and schedule are prepared one by one: the schedule steps once per step and is not
+    registered on the accelerator (a solo run writes no accelerate checkpoints).
     """
+    from accelerate.scheduler import AcceleratedScheduler
     from diffusers.optimization import get_scheduler
 
     if a.gradient_checkpointing:
@@ -277,8 +322,18 @@ def prepare_training(unet, controlnet, a, accelerator):
     lr_scheduler = get_scheduler(
         a.lr_scheduler, optimizer, num_warmup_steps=a.warmup_steps, num_training_steps=a.steps
     )
-    unet, optimizer, lr_scheduler = accelerator.prepare(unet, optimizer, lr_scheduler)
-    return unet, params, optimizer, lr_scheduler
+    if not solo:
+        model, optimizer, lr_scheduler = accelerator.prepare(_Trainee(unet), optimizer, lr_scheduler)
+        return model, params, optimizer, lr_scheduler
+    # evaluation_mode=True is accelerate's public way to get mixed precision without the DDP wrapper:
+    # the gradients stay on this rank. Training is unaffected (it neither freezes nor calls eval()).
+    # No device placement: the models already sit on the accelerator's device, and a multi-process CPU
+    # launch names it "cpu:0", to which .to() copies every weight (and the copies' alignment shifts float
+    # results in the last bits, so a clip's adapter would depend on the launch).
+    model = accelerator.prepare_model(_Trainee(unet), device_placement=False, evaluation_mode=True)
+    optimizer = accelerator.prepare_optimizer(optimizer)
+    lr_scheduler = AcceleratedScheduler(lr_scheduler, optimizer, step_with_optimizer=True, split_batches=True)
+    return model, params, optimizer, lr_scheduler
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -359,6 +414,7 @@ def adapt(
     out_dir: str | os.PathLike,
     *,
     accelerator=None,
+    solo: bool = False,
     resume: bool = False,
     progress: bool = True,
     callback: Callable[[dict], None] | None = None,
@@ -370,10 +426,16 @@ def adapt(
     checkpoint in ``out_dir`` (a fresh run otherwise, and old checkpoints there are
     removed). ``callback({"step", "loss", "lr"})`` observes every step (a
     KeyboardInterrupt raised there is handled like Ctrl-C: checkpoint, then re-raise).
-    ``accelerator`` (made from the config when None) serves this one call: the run's
-    checkpoint hooks and generator are registered on it.
+
+    ``accelerator`` (``make_accelerator(cfg)`` when None) may serve many calls, one
+    after the other: what a call puts on it (checkpoint hooks, the prepared model,
+    optimizer and schedule, the grad scaler's state) is taken off when it returns.
+    By default every process of the launch trains this clip together (DDP).
+    ``solo=True``: this process trains it alone whatever the launch, as each rank of a
+    batch does with its own clips: no DDP, barriers or gathers, the seed without the
+    process index (the same adapter on any rank), and no checkpoints (accelerate
+    writes optimizer states from the main process only), so no ``resume``.
     """
-    from accelerate import Accelerator
     from tqdm.auto import tqdm
 
     from motia import lora
@@ -384,11 +446,13 @@ def adapt(
     unet, controlnet, vae = components.unet, components.controlnet, components.vae
 
     # --- setup: check everything that can be wrong before writing anything
+    if solo and resume:
+        raise ValueError("adapt(solo=True) writes no checkpoints, so it cannot resume")
     if accelerator is None:
-        kind = torch.device(components.device).type
-        accelerator = Accelerator(
-            cpu=kind == "cpu", mixed_precision=resolve_mixed_precision(a.mixed_precision, kind, cfg.models.dtype)
-        )
+        accelerator = make_accelerator(cfg, torch.device(components.device).type)
+    if not solo and accelerator.num_processes > 1 and not accelerator.split_batches:
+        # Otherwise accelerate steps the LR schedule once per process each step (its data-parallel batch rule).
+        raise ValueError("adapt() over several processes needs an Accelerator with split_batches=True (make_accelerator)")
     device = accelerator.device
     max_len = getattr(unet.config, "motion_max_seq_length", None)
     if max_len is not None and min(a.frames, clip.num_frames) > max_len:
@@ -398,8 +462,9 @@ def adapt(
     lora.resolve_targets(unet, a.lora.targets)  # a bad target pattern fails here, not after encoding
     if a.use_8bit_adam:
         make_optimizer([torch.nn.Parameter(torch.zeros(1))], a)  # fails clearly without bitsandbytes
-    main = accelerator.is_main_process
-    rng = TrainRNG(cfg.seed + accelerator.process_index)
+    main = solo or accelerator.is_main_process
+    rng = TrainRNG(cfg.seed + (0 if solo else accelerator.process_index))
+    together = contextlib.nullcontext if solo else accelerator.main_process_first
     started = time.perf_counter()
 
     # --- data: latents once (cached), the prompt once
@@ -407,7 +472,7 @@ def adapt(
     frames = crop_to_multiple(clip.frames, scale)  # (F, 3, H, W) in [0, 1], on CPU
     key = latent_key(frames, str(components.sources.get("vae", components.sources.get("base", ""))),
                      next(vae.parameters()).dtype)
-    with accelerator.main_process_first():
+    with together():
         latents = cached_latents(
             out_dir / LATENTS_FILE, key, lambda: encode_frames(vae, frames, a.encode_chunk, device)
         )  # (F, 4, h, w)
@@ -428,144 +493,171 @@ def adapt(
         torch.manual_seed(cfg.seed)  # peft draws the LoRA init from the global RNG: same seed, same start
         targets = lora.add_lora(unet, a.lora.targets, a.lora.rank, a.lora.alpha, a.lora.dropout)
 
-    # --- optimizer and checkpoint plumbing
-    unet, params, optimizer, lr_scheduler = prepare_training(unet, controlnet, a, accelerator)
+    with _borrowed(accelerator) as hooks:
+        # --- optimizer and checkpoint plumbing
+        model, params, optimizer, lr_scheduler = prepare_training(unet, controlnet, a, accelerator, solo=solo)
 
-    def save_hook(models, weights, folder):
-        import safetensors.torch
+        def save_hook(models, weights, folder):
+            import safetensors.torch
 
-        safetensors.torch.save_file(_trainable_state(accelerator.unwrap_model(unet)), str(Path(folder) / _CKPT_LORA))
-        weights.clear()  # the frozen base is not checkpointed
+            safetensors.torch.save_file(_trainable_state(unet), str(Path(folder) / _CKPT_LORA))
+            weights.clear()  # the frozen base is not checkpointed
 
-    def load_hook(models, folder):
-        _load_trainable_state(accelerator.unwrap_model(unet), Path(folder) / _CKPT_LORA)
-        models.clear()
+        def load_hook(models, folder):
+            _load_trainable_state(unet, Path(folder) / _CKPT_LORA)
+            models.clear()
 
-    accelerator.register_save_state_pre_hook(save_hook)
-    accelerator.register_load_state_pre_hook(load_hook)
-    fingerprint = _fingerprint(cfg, key)
+        if not solo:
+            hooks.append(accelerator.register_save_state_pre_hook(save_hook))
+            hooks.append(accelerator.register_load_state_pre_hook(load_hook))
+        fingerprint = _fingerprint(cfg, key)
 
-    def save_checkpoint(step: int) -> None:
-        if not main:
-            rng.save_all(None)
-        else:
-            folder = ckpt_root / f"step_{step:06d}"
-            with atomic_path(folder) as tmp:
-                accelerator.save_state(str(tmp))
-                rng.save_all(tmp)
-                _write_json(tmp / _CKPT_STATE, {"step": step, "fingerprint": fingerprint})
-                dump_config(cfg, tmp / "config.yaml")
-            _write_json(ckpt_root / LATEST, {"path": folder.name, "step": step})
-            _rotate(ckpt_root, a.keep_checkpoints, folder)
-        accelerator.wait_for_everyone()
+        def save_checkpoint(step: int) -> None:
+            if solo:
+                return
+            if not main:
+                rng.save_all(None)
+            else:
+                folder = ckpt_root / f"step_{step:06d}"
+                with atomic_path(folder) as tmp:
+                    accelerator.save_state(str(tmp))
+                    rng.save_all(tmp)
+                    _write_json(tmp / _CKPT_STATE, {"step": step, "fingerprint": fingerprint})
+                    dump_config(cfg, tmp / "config.yaml")
+                _write_json(ckpt_root / LATEST, {"path": folder.name, "step": step})
+                _rotate(ckpt_root, a.keep_checkpoints, folder)
+            accelerator.wait_for_everyone()
 
-    step, resumed_from = 0, None
-    found = latest_checkpoint(ckpt_root) if resume else None
-    if found is not None:
-        folder, state = found
-        changed = _diff(state["fingerprint"], fingerprint)
-        if changed:
-            raise ConfigError(
-                f"cannot resume from {folder}: {'; '.join(changed)}; restore these settings or run without --resume"
-            )
-        accelerator.load_state(str(folder))
-        rng.load_own(folder, accelerator.process_index, accelerator.num_processes)
-        step, resumed_from = int(state["step"]), str(folder)
-        logger.info("resuming from %s (step %d)", folder, step)
-    elif main:
-        if resume:
-            logger.warning("no checkpoint in %s: starting from step 0", ckpt_root)
-        shutil.rmtree(ckpt_root, ignore_errors=True)  # a fresh run: old checkpoints would mix with its own
-    log_path = out_dir / LOG_FILE
-    if main:
-        _trim_log(log_path, step)
+        step, resumed_from = 0, None
+        found = latest_checkpoint(ckpt_root) if resume else None
+        if found is not None:
+            folder, state = found
+            changed = _diff(state["fingerprint"], fingerprint)
+            if changed:
+                raise ConfigError(
+                    f"cannot resume from {folder}: {'; '.join(changed)}; restore these settings or run without --resume"
+                )
+            accelerator.load_state(str(folder))
+            rng.load_own(folder, accelerator.process_index, accelerator.num_processes)
+            step, resumed_from = int(state["step"]), str(folder)
+            logger.info("resuming from %s (step %d)", folder, step)
+        elif main:
+            if resume:
+                logger.warning("no checkpoint in %s: starting from step 0", ckpt_root)
+            shutil.rmtree(ckpt_root, ignore_errors=True)  # a fresh run: old checkpoints would mix with its own
+        log_path = out_dir / LOG_FILE
+        if main:
+            _trim_log(log_path, step)
 
-    # --- loop
-    bar = tqdm(total=a.steps, initial=step, desc="adapt", unit="step", disable=not (progress and main))
-    window_losses: list[float] = []
-    loss_value = float("nan")
-    boundary_rng = rng.generator.get_state()  # generator state at the last completed step
-    in_update = False
-    loop_start, start_step = time.perf_counter(), step
-    try:
-        while step < a.steps:
-            batch = training_batch(latents, frames, device=device, **batch_args)
-            loss = diffusion_loss(unet, controlnet, batch, text, noise_scheduler)
-            accelerator.backward(loss)
-            in_update = True
-            optimizer_step(accelerator, params, optimizer, lr_scheduler, a.grad_clip)
-            step += 1
-            in_update = False
-            boundary_rng = rng.generator.get_state()
-            loss_value = loss.item()
-            lr = lr_scheduler.get_last_lr()[0]
-            window_losses.append(loss_value)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
-            if main and (step % a.log_every == 0 or step == a.steps):
-                entry = {"step": step, "loss": sum(window_losses) / len(window_losses), "lr": lr,
-                         "time": round(time.perf_counter() - started, 3)}
-                with open(log_path, "a") as f:
-                    f.write(json.dumps(entry) + "\n")
-                window_losses.clear()
-            if step % a.checkpoint_every == 0 and step < a.steps:
+        # --- loop
+        bar = tqdm(total=a.steps, initial=step, desc="adapt", unit="step", disable=not (progress and main))
+        window_losses: list[float] = []
+        loss_value = float("nan")
+        boundary_rng = rng.generator.get_state()  # generator state at the last completed step
+        in_update = False
+        loop_start, start_step = time.perf_counter(), step
+        try:
+            while step < a.steps:
+                batch = training_batch(latents, frames, device=device, **batch_args)
+                loss = diffusion_loss(model, controlnet, batch, text, noise_scheduler)
+                accelerator.backward(loss)
+                in_update = True
+                optimizer_step(accelerator, params, optimizer, lr_scheduler, a.grad_clip)
+                step += 1
+                in_update = False
+                boundary_rng = rng.generator.get_state()
+                loss_value = loss.item()
+                lr = lr_scheduler.get_last_lr()[0]
+                window_losses.append(loss_value)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
+                if main and (step % a.log_every == 0 or step == a.steps):
+                    entry = {"step": step, "loss": sum(window_losses) / len(window_losses), "lr": lr,
+                             "time": round(time.perf_counter() - started, 3)}
+                    with open(log_path, "a") as f:
+                        f.write(json.dumps(entry) + "\n")
+                    window_losses.clear()
+                if step % a.checkpoint_every == 0 and step < a.steps:
+                    save_checkpoint(step)
+                if callback is not None:
+                    callback({"step": step, "loss": loss_value, "lr": lr})
+        except KeyboardInterrupt:
+            bar.close()
+            if solo:
+                pass  # no checkpoints to keep
+            elif in_update:
+                logger.warning("interrupted inside an optimizer update: kept the last checkpoint only")
+            else:
+                rng.generator.set_state(boundary_rng)  # draws of the unfinished step are redone on resume
+                optimizer.zero_grad(set_to_none=True)
                 save_checkpoint(step)
-            if callback is not None:
-                callback({"step": step, "loss": loss_value, "lr": lr})
-    except KeyboardInterrupt:
+                logger.warning("interrupted at step %d: checkpoint saved; continue with --resume", step)
+            raise
         bar.close()
-        if in_update:
-            logger.warning("interrupted inside an optimizer update: kept the last checkpoint only")
-        else:
-            rng.generator.set_state(boundary_rng)  # draws of the unfinished step are redone on resume
-            optimizer.zero_grad(set_to_none=True)
-            save_checkpoint(step)
-            logger.warning("interrupted at step %d: checkpoint saved; continue with --resume", step)
-        raise
-    bar.close()
 
-    # --- teardown: the adapter, the config beside it, a summary
-    seconds = time.perf_counter() - loop_start
-    unet = accelerator.unwrap_model(unet, keep_fp32_wrapper=False)
-    adapter_path = out_dir / ADAPTER_FILE
-    summary = {
-        "adapter": str(adapter_path),
-        "steps": a.steps,
-        "steps_run": step - start_step,
-        "resumed_from": resumed_from,
-        "final_loss": loss_value,
-        "seconds": round(seconds, 3),
-        "seconds_per_step": round(seconds / max(1, step - start_step), 4),
-        "peak_memory_bytes": peak_memory_bytes(device),
-        "device": str(device),
-        "mixed_precision": accelerator.mixed_precision,
-        "trainable_parameters": sum(p.numel() for p in params),
-        "lora_targets": len(targets),
-        "frames": [int(frames.shape[0]), int(frames.shape[2]), int(frames.shape[3])],
-    }
-    if main:
-        metadata = {
-            "base_models": dict(components.sources),
-            "source": {
-                "path": str(clip.source), "frame_indices": list(clip.frame_indices), "start": cfg.video.start,
-                "stride": cfg.video.stride, "max_frames": cfg.video.max_frames, "size": summary["frames"][1:],
-            },
-            "adapt": a.model_dump(mode="json"),
-            "schedule": components.schedule,  # the noise schedule it was trained on (models.schedule)
-            "seed": cfg.seed,
-            "prompt": cfg.prompt,
-            "steps": step,
+        # --- teardown: the adapter, the config beside it, a summary
+        seconds = time.perf_counter() - loop_start
+        adapter_path = out_dir / ADAPTER_FILE
+        summary = {
+            "adapter": str(adapter_path),
+            "steps": a.steps,
+            "steps_run": step - start_step,
+            "resumed_from": resumed_from,
             "final_loss": loss_value,
+            "seconds": round(seconds, 3),
+            "seconds_per_step": round(seconds / max(1, step - start_step), 4),
+            "peak_memory_bytes": peak_memory_bytes(device),
+            "device": str(device),
+            "mixed_precision": accelerator.mixed_precision,
+            "trainable_parameters": sum(p.numel() for p in params),
+            "lora_targets": len(targets),
+            "frames": [int(frames.shape[0]), int(frames.shape[2]), int(frames.shape[3])],
         }
-        lora.save_lora(adapter_path, unet, metadata)
-        dump_config(cfg, out_dir / "config.yaml")
-        _write_json(out_dir / SUMMARY_FILE, summary)
-    accelerator.wait_for_everyone()
+        if main:
+            metadata = {
+                "base_models": dict(components.sources),
+                "source": {
+                    "path": str(clip.source), "frame_indices": list(clip.frame_indices), "start": cfg.video.start,
+                    "stride": cfg.video.stride, "max_frames": cfg.video.max_frames, "size": summary["frames"][1:],
+                },
+                "adapt": a.model_dump(mode="json"),
+                "schedule": components.schedule,  # the noise schedule it was trained on (models.schedule)
+                "seed": cfg.seed,
+                "prompt": cfg.prompt,
+                "steps": step,
+                "final_loss": loss_value,
+            }
+            lora.save_lora(adapter_path, unet, metadata)
+            dump_config(cfg, out_dir / "config.yaml")
+            _write_json(out_dir / SUMMARY_FILE, summary)
+        if not solo:
+            accelerator.wait_for_everyone()
     logger.info(
         "adapted %d steps in %.1f s (%.3f s/step), peak memory %.2f GB; adapter: %s",
         summary["steps_run"], seconds, summary["seconds_per_step"], summary["peak_memory_bytes"] / 2**30, adapter_path,
     )
     return adapter_path
+
+
+@contextlib.contextmanager
+def _borrowed(accelerator) -> Iterator[list]:
+    """Lend ``accelerator`` to one ``adapt`` run and take the run off it again, however the run ends.
+
+    Yields a list for the run's hook handles (removed afterwards); the objects the run
+    prepared are released (``free_memory``) and the grad scaler (fp16) gets back the
+    state it had, so the next run on this accelerator starts as on a fresh one.
+    """
+    scaler = accelerator.scaler
+    scaler_state = scaler.state_dict() if scaler is not None and scaler.is_enabled() else None
+    hooks: list = []
+    try:
+        yield hooks
+    finally:
+        for handle in hooks:
+            handle.remove()
+        accelerator.free_memory()
+        if scaler_state is not None:
+            scaler.load_state_dict(scaler_state)
 
 
 def _trim_log(path: Path, step: int) -> None:
@@ -583,15 +675,34 @@ def _trim_log(path: Path, step: int) -> None:
         tmp.write_text("".join(line + "\n" for line in keep))
 
 
-def make_accelerator(cfg: JobConfig):
-    """The Accelerator for this job: CPU or CUDA from ``models.device``, mixed precision from ``adapt``."""
-    from accelerate import Accelerator
-
+def accelerator_settings(cfg: JobConfig, device_type: str | None = None) -> tuple[str, str]:
+    """(device type, mixed precision) an adaptation of ``cfg`` runs with: ``models.device`` (or
+    ``device_type``) and ``adapt.mixed_precision`` resolved against what ``accelerate launch`` asked for."""
     from motia.models import resolve_device
 
-    device = resolve_device(cfg.models.device)
-    mp = resolve_mixed_precision(cfg.adapt.mixed_precision, device.type, cfg.models.dtype)
-    return Accelerator(cpu=device.type == "cpu", mixed_precision=mp)
+    kind = device_type or resolve_device(cfg.models.device).type
+    return kind, resolve_mixed_precision(cfg.adapt.mixed_precision, kind, cfg.models.dtype, launcher_mixed_precision())
+
+
+def make_accelerator(cfg: JobConfig, device_type: str | None = None):
+    """The Accelerator for this job: CPU or CUDA from ``models.device``, mixed precision from ``adapt``.
+
+    With ``adapt.mixed_precision: auto`` the launcher's fp16/bf16 is followed; an explicit
+    setting that contradicts it wins, with a one-line warning. ``split_batches`` makes
+    accelerate step the LR schedule once per optimizer step under any number of processes
+    (``adapt.steps`` counts optimizer steps; motia has no dataloader for it to split).
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
+
+    kind, mp = accelerator_settings(cfg, device_type)
+    launcher = launcher_mixed_precision()
+    if cfg.adapt.mixed_precision != "auto" and launcher not in (None, "no", mp):
+        logger.warning(
+            "adapt.mixed_precision=%s overrides accelerate launch --mixed_precision %s; set adapt.mixed_precision=auto "
+            "to follow the launcher", mp, launcher,
+        )
+    return Accelerator(cpu=kind == "cpu", mixed_precision=mp, dataloader_config=DataLoaderConfiguration(split_batches=True))
 
 
 def release(components) -> None:
@@ -615,7 +726,7 @@ def release(components) -> None:
 
 
 def adapt_from_config(
-    cfg: JobConfig, resume: bool = False, *, progress: bool = True, models=None
+    cfg: JobConfig, resume: bool = False, *, progress: bool = True, models=None, accelerator=None, solo: bool = False
 ) -> Path:
     """`motia adapt`: read the clip, load the models, train; returns the adapter path.
 
@@ -624,7 +735,8 @@ def adapt_from_config(
     are loaded on the accelerator's device (under ``accelerate launch`` that is the
     launcher's choice), or taken from ``models`` (a ``motia.job.ModelCache``) and
     handed back there released (``release``) for the next stage. Output:
-    ``adapt.output_dir`` or ``<run dir>/adapter``.
+    ``adapt.output_dir`` or ``<run dir>/adapter``. ``accelerator`` (default
+    ``make_accelerator(cfg)``) and ``solo`` are passed to ``adapt``.
     """
     from motia.caption import resolve_prompt
     from motia.job import load_clip
@@ -634,14 +746,15 @@ def adapt_from_config(
     prompt = resolve_prompt(cfg, clip)  # `prompt: auto` -> a caption of the middle frame
     if prompt != cfg.prompt:
         cfg = cfg.model_copy(update={"prompt": prompt})
-    accelerator = make_accelerator(cfg)
+    accelerator = accelerator if accelerator is not None else make_accelerator(cfg)
     if models is None:
         components = load_components(cfg.models, device=accelerator.device, progress=progress)
     else:
         components = models.get(cfg.models, device=accelerator.device, progress=progress)
     out_dir = Path(cfg.adapt.output_dir) if cfg.adapt.output_dir else cfg.run_dir() / "adapter"
     try:
-        return adapt(cfg, components, clip, out_dir, accelerator=accelerator, resume=resume, progress=progress)
+        return adapt(cfg, components, clip, out_dir, accelerator=accelerator, solo=solo, resume=resume,
+                     progress=progress)
     finally:
         if models is not None:
             release(components)

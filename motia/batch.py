@@ -10,7 +10,7 @@ The manifest (see ``configs/batch_example.yaml``)::
       - {path: a.mp4, name: a_tall, outpaint: {aspect: "9:16"}, video: {max_frames: 16}}
     globs: ["data/*.mp4"]      # more clips, in sorted order, named by file stem
     output: outputs/batch      # batch root: <output>/<name>/ per clip, reports at the top
-    adapter_cache: null        # default $MOTIA_ADAPTERS, else <$MOTIA_CACHE or ~/.cache/motia>/adapters
+    adapter_cache: null        # default $MOTIA_ADAPTERS, else <motia's cache root>/adapters
     reuse_adapters: true
 
 A clip's config is: the base, the manifest's ``overrides``, the command line's overrides,
@@ -27,17 +27,20 @@ ordered job list. Each rank writes only its own clips' folders and its own
 that all exist is skipped (so a rerun resumes); a clip that fails is recorded with its
 error and the others go on; the exit code is 1 when any clip failed.
 
-Inside a multi-process launch, each clip's adaptation and outpainting run as a
-single-process accelerate job on the rank's device: the clips are independent, and
-letting accelerate's DDP all-reduce gradients between two ranks training different
-clips would silently mix them (see ``_independent_accelerate_state``).
+One ``Accelerator`` serves the whole batch (so every clip must adapt with the same
+device type and mixed precision; checked before anything runs). Each rank trains its
+clips alone on its device (``motia.adapt.adapt(solo=True)``): the clips are independent,
+and letting accelerate's DDP all-reduce gradients between two ranks training different
+clips would silently mix them. A solo run uses no barrier, seeds without the rank (a
+clip's adapter is the same on any rank) and takes what it put on the accelerator off
+again, so the next clip starts as on a fresh one. Only accelerate's public API is used.
 
 Adapter cache: the adapter of a clip is stored under ``<cache>/<key>/adapter.safetensors``
 with an ``info.json``; ``key = adapter_key(cfg, clip)`` hashes the *decoded, selected and
 resized frames* (the exact pixels adaptation sees, so the frame selection and resize are
 covered, and a renamed or copied file keeps its key; a re-encoded one does not), the
 adaptation recipe (``adapt`` minus bookkeeping keys), the prompt, the seed, the model
-references and the device type. Outpainting the same clip with another canvas or other
+references, the device type and the resolved mixed precision. Outpainting the same clip with another canvas or other
 sampling settings therefore reuses the adapter. An adapter is trained in a temporary
 folder inside the cache and renamed to its key when complete, so a failure never
 leaves a half entry (and when two ranks race on one key, the first rename wins).
@@ -46,7 +49,6 @@ leaves a half entry (and when two ranks race on one key, the first rename wins).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import datetime
 import glob as globlib
@@ -61,7 +63,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import yaml
 from pydantic import BaseModel, ConfigDict, model_validator
@@ -87,7 +89,7 @@ CSV_COLUMNS = ("clip", "status", "adapt_s", "outpaint_s", "peak_memory_bytes", "
 _ADAPT_BOOKKEEPING = {"output_dir", "checkpoint_every", "keep_checkpoints", "log_every", "encode_chunk",
                       "gradient_checkpointing"}  # fmt: skip
 _MODEL_KEYS = ("base", "base_config", "vae", "controlnet", "controlnet_config", "motion_adapter",
-               "motion_adapter_config", "dtype", "variant", "schedule")  # fmt: skip
+               "motion_adapter_config", "dtype", "variant", "schedule", "revision")  # fmt: skip
 _RESERVED_NAMES = {REPORTS}
 
 
@@ -220,7 +222,8 @@ def expand_jobs(spec: BatchManifest, manifest: str | os.PathLike, overrides: Seq
 
 
 def adapter_cache_dir(cache: str | os.PathLike | None = None) -> Path:
-    """``cache``, else ``$MOTIA_ADAPTERS``, else ``adapters`` under ``$MOTIA_CACHE`` or ``~/.cache/motia``."""
+    """``cache``, else ``$MOTIA_ADAPTERS``, else ``adapters`` under motia's cache root
+    (``$MOTIA_CACHE``, else ``$XDG_CACHE_HOME/motia``, else ``~/.cache/motia``)."""
     if cache:
         return Path(cache).expanduser()
     env = os.environ.get("MOTIA_ADAPTERS")
@@ -233,16 +236,18 @@ def adapter_cache_dir(cache: str | os.PathLike | None = None) -> Path:
 
 def adapter_recipe(cfg: JobConfig) -> dict:
     """Everything besides the pixels that decides the trained adapter (hashed into its key)."""
-    from motia.models import resolve_device
+    from motia.adapt import accelerator_settings
 
     d = cfg.to_dict()
+    device_type, mixed_precision = accelerator_settings(cfg)  # "auto" differs per device and launcher
     return {
         "version": KEY_VERSION,
         "adapt": {k: v for k, v in d["adapt"].items() if k not in _ADAPT_BOOKKEEPING},
         "prompt": cfg.prompt,
         "seed": cfg.seed,
         "models": {k: d["models"][k] for k in _MODEL_KEYS},
-        "device_type": resolve_device(cfg.models.device).type,  # precision "auto" differs per device
+        "device_type": device_type,
+        "mixed_precision": mixed_precision,
     }
 
 
@@ -268,8 +273,9 @@ def find_adapter(key: str, cache: str | os.PathLike | None = None) -> Path | Non
 
 
 def train_adapter(cfg: JobConfig, clip, key: str, cache: str | os.PathLike | None = None, progress: bool = False,
-                  models=None) -> Path:  # fmt: skip
-    """Adapt (``motia.adapt.adapt_from_config``) into a temporary folder in the cache, then rename it to ``key``."""
+                  models=None, accelerator=None) -> Path:  # fmt: skip
+    """Adapt (``motia.adapt.adapt_from_config``, this process alone) into a temporary folder in the cache, then
+    rename it to ``key``."""
     from motia import adapt as adapt_mod
 
     root = adapter_cache_dir(cache)
@@ -278,12 +284,11 @@ def train_adapter(cfg: JobConfig, clip, key: str, cache: str | os.PathLike | Non
     try:
         data = cfg.to_dict()
         data["adapt"]["output_dir"] = str(tmp)
-        adapt_mod.adapt_from_config(JobConfig.model_validate(data), progress=progress, models=models)
+        adapt_mod.adapt_from_config(JobConfig.model_validate(data), progress=progress, models=models,
+                                    accelerator=accelerator, solo=True)  # fmt: skip
         if not (tmp / adapt_mod.ADAPTER_FILE).is_file():
             raise MotiaError(f"adaptation finished without writing {tmp / adapt_mod.ADAPTER_FILE}")
-        # Checkpoints and cached latents only serve a resume of this run: not worth keeping.
-        shutil.rmtree(tmp / adapt_mod.CHECKPOINTS, ignore_errors=True)
-        (tmp / adapt_mod.LATENTS_FILE).unlink(missing_ok=True)
+        (tmp / adapt_mod.LATENTS_FILE).unlink(missing_ok=True)  # it only serves a resume of this run
         info = {
             "key": key,
             "clip": str(getattr(clip, "source", cfg.video.path)),
@@ -384,40 +389,26 @@ def _partial_state():
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
 
 
-@contextlib.contextmanager
-def _independent_accelerate_state() -> Iterator[None]:
-    """Inside a multi-process launch, make accelerate see a single process for the duration.
+def batch_accelerator(jobs: Sequence[BatchJob]):
+    """The one Accelerator every clip of the batch adapts with (``motia.adapt.make_accelerator``).
 
-    accelerate keeps its state in process-wide singletons; an ``Accelerator`` created
-    by the adaptation would join the launch's process group, wrap the UNet in DDP and
-    average gradients with ranks that train other clips, and its barriers would wait
-    for ranks with other clip counts. So the singletons are emptied (and the launch's
-    rank variables hidden) for one clip and restored afterwards; the rank keeps its
-    device. accelerate has no public switch for this.
+    accelerate keeps one device and mixed precision per process, so clips that would
+    adapt with different ones (per-clip ``models.device`` / ``adapt.mixed_precision``)
+    are refused up front, naming both.
     """
-    from accelerate.state import AcceleratorState, GradientState, PartialState
+    from motia.adapt import accelerator_settings, make_accelerator
 
-    state = _partial_state()
-    if state.num_processes == 1:
-        yield
-        return
-    classes = (PartialState, AcceleratorState, GradientState)
-    saved = [dict(c._shared_state) for c in classes]
-    names = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE",
-             "MV2_COMM_WORLD_SIZE", "ACCELERATE_TORCH_DEVICE")  # fmt: skip
-    env = {k: os.environ.pop(k) for k in names if k in os.environ}
-    if state.device.type != "cpu":  # "cpu:0" from a gloo launch is not a device motia accepts
-        os.environ["ACCELERATE_TORCH_DEVICE"] = str(state.device)
-    for c in classes:
-        c._shared_state.clear()  # in place: existing instances share these dicts
-    try:
-        yield
-    finally:
-        for c, d in zip(classes, saved):
-            c._shared_state.clear()
-            c._shared_state.update(d)
-        os.environ.pop("ACCELERATE_TORCH_DEVICE", None)
-        os.environ.update(env)
+    first: dict[tuple[str, str], BatchJob] = {}
+    for job in jobs:
+        settings = accelerator_settings(job.cfg)
+        first.setdefault(settings, job)
+        if len(first) > 1:
+            (a, ja), (b, jb) = first.items()
+            raise ConfigError(
+                f"{ja.source} ({ja.name}) adapts on {a[0]} with mixed precision {a[1]}, {jb.source} ({jb.name}) on "
+                f"{b[0]} with {b[1]}; a batch adapts every clip with one setting: run them as separate batches"
+            )
+    return make_accelerator(jobs[0].cfg)
 
 
 def completed_outputs(run_dir: str | os.PathLike) -> dict[str, str] | None:
@@ -451,12 +442,14 @@ def _new_row(job: BatchJob) -> dict[str, Any]:
 
 
 def run_job(job: BatchJob, cache: str | os.PathLike | None = None, reuse_adapters: bool = True,
-            progress: bool = False, models=None) -> dict[str, Any]:  # fmt: skip
+            progress: bool = False, models=None, accelerator=None) -> dict[str, Any]:  # fmt: skip
     """Adapt (or reuse a cached adapter) and outpaint one clip; returns its report row, never raises
     (except KeyboardInterrupt): a failure is the row's ``status: failed`` and ``error``.
 
     ``models`` (a ``motia.job.ModelCache``) keeps the loaded models from clip to clip;
-    after a failure it is emptied, so the next clip starts from freshly loaded ones."""
+    after a failure it is emptied, so the next clip starts from freshly loaded ones.
+    ``accelerator`` (``batch_accelerator``; made from the clip's config when None) trains
+    the clip in this process alone."""
     from motia import adapt as adapt_mod
     from motia import outpaint as outpaint_mod
     from motia.caption import resolve_prompt
@@ -494,9 +487,10 @@ def run_job(job: BatchJob, cache: str | os.PathLike | None = None, reuse_adapter
             adapter = find_adapter(key, cache)
             row.update(adapter=key, adapter_reused=adapter is not None)
             if adapter is None:
-                adapter = train_adapter(cfg, clip, key, cache, progress=progress, models=models)
+                adapter = train_adapter(cfg, clip, key, cache, progress=progress, models=models, accelerator=accelerator)
         else:
-            adapter = adapt_mod.adapt_from_config(cfg, progress=progress, models=models)
+            adapter = adapt_mod.adapt_from_config(cfg, progress=progress, models=models, accelerator=accelerator,
+                                                  solo=True)  # fmt: skip
             row.update(adapter=str(adapter), adapter_reused=False)
         row["adapt_s"] = round(time.perf_counter() - start, 3)
         start = time.perf_counter()
@@ -587,6 +581,7 @@ def run_batch(manifest: str | os.PathLike, overrides: Sequence[str] = (), progre
     cache = adapter_cache_dir(spec.adapter_cache)
     out = Path(spec.output)
     state = _partial_state()
+    accelerator = batch_accelerator(jobs)  # before anything is written: clips must agree on it
     rank, world = state.process_index, state.num_processes
     report_path = out / REPORTS / f"rank_{rank:04d}.json"
     rows: list[dict] = []
@@ -600,8 +595,7 @@ def run_batch(manifest: str | os.PathLike, overrides: Sequence[str] = (), progre
     models = ModelCache()  # loaded once per process, reused by every clip with the same `models`
     with state.split_between_processes(jobs) as mine:
         for job in mine:
-            with _independent_accelerate_state():
-                row = run_job(job, cache, spec.reuse_adapters, models=models)
+            row = run_job(job, cache, spec.reuse_adapters, models=models, accelerator=accelerator)
             row["rank"] = rank
             rows.append(row)
             write_rank_report()

@@ -8,7 +8,7 @@ clips with one load.
 
 ``tiny:blip`` is a randomly initialised BLIP with the real architecture at a few
 thousand parameters and a hand-written BERT vocabulary, built once into the cache
-root (``$MOTIA_CACHE`` or ``~/.cache/motia``) under ``tiny-blip-v1`` and loaded
+root (``$MOTIA_CACHE``, else ``$XDG_CACHE_HOME/motia`` or ``~/.cache/motia``) under ``tiny-blip-v1`` and loaded
 through the same ``from_pretrained`` code as the real one. Its captions are
 random words, but they are words: decoding is greedy, special tokens other than
 the end token are suppressed and at least one token is generated.

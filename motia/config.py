@@ -62,6 +62,9 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
 
 
+REVISION_KEYS = ("base", "base_config", "vae", "controlnet", "controlnet_config", "motion_adapter")
+
+
 class ModelsConfig(_Section):
     """Where the weights come from: diffusers folders, hub ids or single files."""
 
@@ -70,7 +73,9 @@ class ModelsConfig(_Section):
     vae: str | None = None  # e.g. stabilityai/sd-vae-ft-mse, as the reference used
     controlnet: str = "lllyasviel/control_v11p_sd15_inpaint"
     controlnet_config: str | None = None
-    motion_adapter: str = "guoyww/animatediff-motion-adapter-v1-5-2"
+    # None: the motion module of models.base when that is an AnimateDiff pipeline folder (its unet/ is a
+    # UNetMotionModel), else guoyww/animatediff-motion-adapter-v1-5-2
+    motion_adapter: str | None = None
     motion_adapter_config: str | None = None  # config.json for an original .ckpt with unusual shapes
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     device: str = "auto"
@@ -78,6 +83,17 @@ class ModelsConfig(_Section):
     # Noise schedule of adaptation and sampling: AnimateDiff's linear betas (what the motion
     # module and the reference use), or the base's own scheduler config (SD1.5: scaled_linear).
     schedule: Literal["animatediff", "base"] = "animatediff"
+    # Hub revision (branch, tag or commit): one for every hub-id source, or per key ({controlnet: <sha>})
+    revision: str | dict[str, str] | None = None
+
+    @field_validator("revision")
+    @classmethod
+    def _revision_keys(cls, v):
+        if isinstance(v, dict):
+            bad = sorted(set(v) - set(REVISION_KEYS))
+            if bad:
+                raise ValueError(f"unknown source {bad[0]!r}; per-source revisions take the keys {', '.join(REVISION_KEYS)}")
+        return v
 
 
 class VideoConfig(_Section):
@@ -154,6 +170,11 @@ class AdaptConfig(_Section):
     log_every: int = Field(10, ge=1)
     encode_chunk: int = Field(8, ge=1)  # frames per VAE encode call
     output_dir: str | None = None  # default: <output.dir>/<name>/adapter
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _no_is_a_word(cls, v):
+        return "no" if v is False else v  # YAML reads a bare `no` as false
 
 
 class WindowSection(_Section):
@@ -326,7 +347,7 @@ def _resolve_input_paths(data: dict, folder: Path) -> None:
     models = data.get("models")
     if isinstance(models, dict):
         for k, v in models.items():
-            if isinstance(v, str) and k not in ("dtype", "device", "variant", "schedule"):
+            if isinstance(v, str) and k not in ("dtype", "device", "variant", "schedule", "revision"):
                 models[k] = _rel(v, folder, always=False)
 
 

@@ -1,5 +1,6 @@
 """Adaptation on the tiny bundle: the loss falls, only the LoRA trains, the adapter reloads, resume is exact."""
 
+import collections
 import copy
 import dataclasses
 import json
@@ -226,16 +227,20 @@ def test_bad_input_is_one_line_and_writes_nothing(clip_path, tmp_path, capsys, o
 
 
 def test_accelerate_launch(clip_path, tmp_path):
+    """The launcher's own --mixed_precision is what `adapt.mixed_precision: auto` (tiny.yaml) trains with."""
     out = tmp_path / "launch"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env.pop("ACCELERATE_MIXED_PRECISION", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1",
+        [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1", "--mixed_precision", "bf16",
          str(REPO / "train" / "adapt.py"), "--config", str(TINY), f"video.path={clip_path}", "video.resize=none",
          "adapt.steps=2", "adapt.frames=4", f"output.dir={out}"],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert read_lora_metadata(out / "clip" / "adapter" / "adapter.safetensors")["steps"] == 2
+    summary = json.loads((out / "clip" / "adapter" / A.SUMMARY_FILE).read_text())
+    assert summary["mixed_precision"] == "bf16"
     bad = subprocess.run([sys.executable, str(REPO / "train" / "adapt.py"), "--config", str(tmp_path / "none.yaml")],
                          capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: ") and "none.yaml" in bad.stderr
@@ -248,6 +253,58 @@ def test_mixed_precision_choice():
     assert A.resolve_mixed_precision("bf16", "cpu") == "bf16"
     with pytest.raises(ConfigError, match="adapt.mixed_precision"):
         A.resolve_mixed_precision("fp16", "cpu")
+    # Under `accelerate launch --mixed_precision X`: auto follows X; the launcher's "no" is also its default.
+    assert A.resolve_mixed_precision("auto", "cpu", launcher="bf16") == "bf16"
+    assert A.resolve_mixed_precision("auto", "cuda", launcher="bf16") == "bf16"
+    assert A.resolve_mixed_precision("auto", "cuda", launcher="no") == "fp16"
+    assert A.resolve_mixed_precision("no", "cuda", launcher="fp16") == "no"  # explicit wins (make_accelerator warns)
+    with pytest.raises(ConfigError, match="accelerate launch --mixed_precision fp16 needs a CUDA device"):
+        A.resolve_mixed_precision("auto", "cpu", launcher="fp16")
+    with pytest.raises(ConfigError, match="--mixed_precision fp8 is not supported"):
+        A.resolve_mixed_precision("auto", "cuda", launcher="fp8")
+
+
+def test_explicit_mixed_precision_against_the_launcher_warns_once(monkeypatch, caplog):
+    cfg = load_config(TINY, ["adapt.mixed_precision=no"])
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    with caplog.at_level("WARNING", logger="motia.adapt"):
+        acc = A.make_accelerator(cfg)
+    assert acc.mixed_precision == "no" and acc.split_batches
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["adapt.mixed_precision=no overrides accelerate launch --mixed_precision bf16; "
+                     "set adapt.mixed_precision=auto to follow the launcher"]
+    caplog.clear()
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # the launcher's default: nothing to say
+    with caplog.at_level("WARNING", logger="motia.adapt"):
+        A.make_accelerator(cfg)
+    assert not caplog.records
+
+
+def test_one_accelerator_serves_runs_one_after_another(clip_path, pristine, tmp_path):
+    """What a run puts on the accelerator is taken off again: a second run on the same accelerator and the same
+    UNet object (as a ModelCache hands it on) trains exactly what a fresh run does; a solo run too."""
+    cfg = job(clip_path, tmp_path, "adapt.steps=2", "adapt.checkpoint_every=1", "adapt.frames=4")
+    acc = A.make_accelerator(cfg)
+    comps = fresh(pristine)
+    paths = [run(cfg, comps, tmp_path / "first", accelerator=acc)]
+    A.release(comps)
+    paths.append(run(cfg, comps, tmp_path / "second", accelerator=acc))
+    A.release(comps)
+    paths.append(run(cfg, comps, tmp_path / "solo", accelerator=acc, solo=True))
+    A.release(comps)
+    paths.append(run(cfg, fresh(pristine), tmp_path / "fresh"))
+    first = read_adapter(paths[0])
+    for p in paths[1:]:
+        other = read_adapter(p)
+        assert other.keys() == first.keys() and all(torch.equal(other[k], first[k]) for k in first), p
+    assert (tmp_path / "second" / A.CHECKPOINTS / A.LATEST).is_file()
+    assert not (tmp_path / "solo" / A.CHECKPOINTS).exists()  # a solo run writes no checkpoints
+    # Nothing left on the accelerator or the UNet (accelerate's own bookkeeping, read here only to check).
+    assert not getattr(acc, "_save_model_state_pre_hook", {}) and not getattr(acc, "_load_model_state_pre_hook", {})
+    assert not getattr(acc, "_models", []) and not getattr(acc, "_optimizers", [])
+    assert not getattr(comps.unet, "_is_accelerate_prepared", False)
+    with pytest.raises(ValueError, match="cannot resume"):
+        run(cfg, comps, tmp_path / "solo", accelerator=acc, solo=True, resume=True)
 
 
 def test_8bit_adam_without_bitsandbytes(clip_path, pristine, tmp_path):
@@ -276,3 +333,30 @@ def test_generator_states_are_saved_per_process(tmp_path):
     assert torch.equal(torch.rand(3, generator=fresh.generator), expected)
     with pytest.raises(ConfigError, match="--num_processes 1"):
         TrainRNG(0).load_own(tmp_path, process_index=1, num_processes=2)
+
+
+def test_borrowed_accelerator_gets_its_scaler_state_back():
+    """fp16 training moves the grad scaler's scale; the next run on the same accelerator must start from the
+    state the first one found (CPU GradScaler here: a CPU-only machine cannot make an fp16 Accelerator)."""
+
+    class Lent:  # the parts of an Accelerator that _borrowed touches
+        scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+        freed = 0
+
+        def free_memory(self):
+            self.freed += 1
+
+    acc = Lent()
+    table = collections.OrderedDict()  # what accelerate keeps its hooks in (a plain dict is not weak-referenceable)
+    with pytest.raises(KeyboardInterrupt):
+        with A._borrowed(acc) as hooks:
+            from torch.utils.hooks import RemovableHandle
+
+            handle = RemovableHandle(table)
+            table[handle.id] = print
+            hooks.append(handle)
+            acc.scaler.scale(torch.ones(1))  # initialises the scale
+            acc.scaler.update(8.0)
+            assert acc.scaler.get_scale() == 8.0
+            raise KeyboardInterrupt
+    assert acc.scaler.get_scale() == 1024.0 and acc.freed == 1 and table == {}

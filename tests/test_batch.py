@@ -173,10 +173,12 @@ def test_two_processes_split_the_clips(first_run):
     """`accelerate launch --multi_gpu --num_processes 2` (torchrun; gloo on this CPU-only machine).
 
     accelerate's `--cpu` launcher starts a single process unless MPI is set up, hence --multi_gpu.
-    A fifth entry (a third canvas for clip a) is new work; it lands on rank 1 and reuses a's adapter.
+    A fifth entry (a third canvas for clip a) is new work; it lands on rank 1, where it trains a's adapter again
+    (an empty adapter cache) alone on that rank: bit for bit the adapter the single-process run trained on rank 0.
     """
     folder = first_run["folder"]
-    manifest = _manifest(folder, [*CLIPS, {"path": "a.mp4", "name": "a_left", "outpaint": {"left": 0.5}}], "batch2.yaml")
+    manifest = _manifest(folder, [*CLIPS, {"path": "a.mp4", "name": "a_left", "outpaint": {"left": 0.5}}], "batch2.yaml",
+                         adapter_cache=str(folder / "cache2"))  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}  # fmt: skip
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
@@ -192,8 +194,13 @@ def test_two_processes_split_the_clips(first_run):
     assert [(r["clip"], r["status"], r["rank"]) for r in report["clips"]] == [
         ("a", "skipped", 0), ("a_tall", "skipped", 0), ("b", "skipped", 0), ("c", "failed", 1), ("a_left", "ok", 1)]
     new = report["clips"][4]
-    assert new["adapter_reused"] is True and new["adapter"] == report["clips"][0]["adapter"]
+    assert new["adapter_reused"] is False and new["adapter"] == report["clips"][0]["adapter"]
     assert Path(new["outputs"]["mp4"]).is_file()
+    import safetensors.torch
+
+    rank1 = safetensors.torch.load_file(folder / "cache2" / new["adapter"] / batch.ADAPTER_FILE)
+    rank0 = safetensors.torch.load_file(folder / "cache" / new["adapter"] / batch.ADAPTER_FILE)
+    assert rank1.keys() == rank0.keys() and all(torch.equal(rank1[k], rank0[k]) for k in rank0)
     assert "a_left: ok" in proc.stdout and "1 ok, 3 skipped, 1 failed" in proc.stdout
 
 
@@ -262,6 +269,17 @@ def test_manifest_errors_name_the_key(tmp_path, capsys):
     nothing = _manifest(tmp_path, [], globs=["*.mov"])
     with pytest.raises(ConfigError, match=r"globs\.0: '\*\.mov' matches no file"):
         batch.expand_jobs(batch.load_manifest(nothing), nothing)
+
+
+def test_clips_that_adapt_with_different_precision_are_refused_up_front(tmp_path, capsys):
+    (tmp_path / "a.mp4").write_bytes(b"")
+    manifest = _manifest(tmp_path, [{"path": "a.mp4"}, {"path": "a.mp4", "name": "a_bf16",
+                                                         "overrides": ["adapt.mixed_precision=bf16"]}])  # fmt: skip
+    assert cli_main(["batch", str(manifest)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "clips.0 (a) adapts on cpu with mixed precision no, clips.1 (a_bf16) on cpu " \
+        "with bf16; a batch adapts every clip with one setting" in err, err
+    assert not (tmp_path / "out").exists()  # nothing written
 
 
 def test_jobs_expand_in_order_with_per_clip_settings(tmp_path):

@@ -116,12 +116,21 @@ def test_original_motion_module_ckpt_equals_diffusers_folder(tiny_bundle):
     _assert_same_params(from_ckpt, from_folder)
 
 
-def test_motion_module_heads_default_override_and_wrappers(tiny_bundle, tmp_path):
+def test_motion_module_heads_default_override_and_wrappers(tiny_bundle, tmp_path, caplog):
     raw = read_state_dict(tiny_bundle / "mm_tiny.ckpt")
-    # Lightning-style wrapping + DataParallel prefix, no sidecar: heads fall back to AnimateDiff's 8.
+    # Lightning-style wrapping + DataParallel prefix, no sidecar: heads fall back to AnimateDiff's 8, said once.
     torch.save({"state_dict": {"module." + k: v for k, v in raw.items()}}, tmp_path / "mm.ckpt")
-    plain = load_motion_adapter(tmp_path / "mm.ckpt")
+    with caplog.at_level("INFO", logger="motia.models.loading"):
+        plain = load_motion_adapter(tmp_path / "mm.ckpt")
     assert plain.config.motion_num_attention_heads == 8
+    said = [r for r in caplog.records if "head count" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelname == "WARNING", caplog.text  # channels (32, 64): not an AnimateDiff release
+    assert "assumed 8" in said[0].getMessage() and "models.motion_adapter_config" in said[0].getMessage()
+    assert "mm.json beside it" in said[0].getMessage()
+    caplog.clear()
+    with caplog.at_level("INFO", logger="motia.models.loading"):
+        load_motion_adapter(tiny_bundle / "mm_tiny.ckpt")  # its sidecar gives the count: nothing to say
+    assert not [r for r in caplog.records if "head" in r.getMessage()]
     assert plain.config.motion_max_seq_length == 32 and plain.config.use_motion_mid_block
     over = load_motion_adapter(tmp_path / "mm.ckpt", config={"motion_num_attention_heads": 2})
     _assert_same_params(over, load_motion_adapter(tiny_bundle / "mm_tiny.ckpt"))
@@ -135,6 +144,20 @@ def test_motion_module_heads_default_override_and_wrappers(tiny_bundle, tmp_path
         load_motion_adapter(tmp_path / "mm.ckpt", config={"motion_num_attention_heads": 3})
     with pytest.raises(InputError, match="base UNet has"):
         load_motion_adapter(tmp_path / "mm.ckpt", unet_config={"block_out_channels": (320, 640, 1280, 1280)})
+
+
+def test_head_count_checks_for_checkpoints_that_do_not_record_it(tmp_path, caplog):
+    from motia.models.loading import _check_heads
+
+    path = tmp_path / "mm_odd.ckpt"
+    with pytest.raises(ConfigError, match=r"^models.motion_adapter: mm_odd.ckpt does not record its attention head count, "
+                                          r"and AnimateDiff's 8 does not divide its channels \[12\]; set motion_num_attention_heads"):
+        _check_heads({"motion_num_attention_heads": 8, "block_out_channels": (16, 12)}, False, path, "models.motion_adapter")
+    _check_heads({"motion_num_attention_heads": 3, "block_out_channels": (12,)}, True, path, "models.motion_adapter")
+    with caplog.at_level("INFO", logger="motia.models.loading"):
+        _check_heads({"motion_num_attention_heads": 8, "block_out_channels": (320, 640, 1280, 1280)}, False, path,
+                     "models.motion_adapter")  # fmt: skip
+    assert [r.levelname for r in caplog.records] == ["INFO"] and "8 attention heads assumed" in caplog.text
 
 
 def test_load_components_motion_ckpt_and_separate_vae(folder_components, tiny_bundle):

@@ -1,9 +1,10 @@
 """Accelerate entry for adaptation: ``accelerate launch train/adapt.py --config CONFIG [--resume] [key=value ...]``.
 
 A thin shell over ``motia adapt``: the same config, overrides, errors (one line,
-exit code 2) and ``--debug``. Device and mixed precision come from the config
-(``models.device``, ``adapt.mixed_precision``); under ``accelerate launch --cpu``
-use a config with ``models.device: cpu``.
+exit code 2) and ``--debug``. The device comes from the config (``models.device``;
+under ``accelerate launch --cpu`` use a config with ``models.device: cpu``). Mixed
+precision is the launcher's ``--mixed_precision fp16|bf16`` when ``adapt.mixed_precision``
+is ``auto``; an explicit config value wins, with a one-line warning when they differ.
 """
 
 from __future__ import annotations

@@ -5,6 +5,13 @@ Each weight source may be a diffusers folder, a Hugging Face hub id, a single
 ``motia.models.tiny``), and all of them go through the same code below. Problems
 the user can fix (missing path, uncached hub id while offline, a checkpoint of the
 wrong kind) raise ``InputError``/``ConfigError`` with one line naming the config key.
+Hub ids are fetched at ``models.revision`` (one for all, or per source key).
+
+Pipeline folders: a VAE, ControlNet or motion adapter source may be a whole
+diffusers pipeline folder (``model_index.json``); its ``vae/``, ``controlnet/`` or
+``motion_adapter/`` is used. An AnimateDiff pipeline (``AnimateDiffPipeline.save_pretrained``)
+as ``models.base`` has a ``UNetMotionModel`` in ``unet/``: it is the motion UNet as it
+is, unless ``models.motion_adapter`` is set, which then replaces its motion modules.
 
 The UNetMotionModel is assembled without ever holding two copies of the UNet: it
 is built on the meta device and takes over the loaded UNet2D's and motion adapter's
@@ -14,7 +21,8 @@ Original AnimateDiff motion modules (``mm_sd_v15_v2.ckpt``) are converted to the
 diffusers ``MotionAdapter`` layout. Their attention head count is not stored in the
 weights; it is taken, in this order, from ``models.motion_adapter_config`` (a dict,
 a JSON file, or a folder with ``config.json``), a sidecar ``<checkpoint stem>.json``
-beside the checkpoint, or AnimateDiff's 8. Every other setting is read off the
+beside the checkpoint, or AnimateDiff's 8 (said in one log line, a warning unless the
+channels are those of an AnimateDiff release). Every other setting is read off the
 weights (channels, layers, mid block, positional-encoding length).
 
 Noise schedule (``models.schedule``): with ``animatediff`` (the default) the scheduler
@@ -54,6 +62,9 @@ SD15_HUB_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 ALL_PARTS = ("tokenizer", "text_encoder", "vae", "unet", "controlnet", "scheduler")
 ANIMATEDIFF_HEADS = 8  # AnimateDiff's motion modules all use 8 heads
+ANIMATEDIFF_HUB_ID = "guoyww/animatediff-motion-adapter-v1-5-2"  # models.motion_adapter when not set and not in the base
+# Motion-module channels of every AnimateDiff release (SD1.5 v1/v2/v3, AnimateLCM; SDXL beta): all 8 heads.
+_ANIMATEDIFF_CHANNELS = {(320, 640, 1280, 1280), (320, 640, 1280)}
 FIELDS = (
     "base",
     "schedule",
@@ -66,6 +77,7 @@ FIELDS = (
     "dtype",
     "device",
     "variant",
+    "revision",
 )
 SCHEDULES = ("animatediff", "base")
 # AnimateDiff's noise schedule (its configs/inference/*.yaml noise_scheduler_kwargs, and the
@@ -114,7 +126,7 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     name = (name or "auto").strip().lower()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
+    if re.fullmatch(r"cpu(:\d+)?", name):  # "cpu:0" is what accelerate reports under a multi-process CPU launch
         return torch.device("cpu")
     m = re.fullmatch(r"cuda(?::(\d+))?", name)
     if m is None:
@@ -151,21 +163,35 @@ def resolve_dtype(name: str | torch.dtype | None, device: torch.device | str) ->
 
 @dataclass(frozen=True)
 class Source:
-    """One resolved weight reference: ``kind`` is "folder", "file" or "hub"; ``location`` a path or hub id."""
+    """One resolved weight reference: ``kind`` is "folder", "file" or "hub"; ``location`` a path or hub id.
+
+    ``revision`` (hub ids only) is the branch, tag or commit every download of this source asks for.
+    """
 
     key: str
     ref: str
     kind: str
     location: str
+    revision: str | None = None
 
     @property
     def label(self) -> str:
-        """What to record in metadata: tiny refs and hub ids as written, local paths absolute."""
-        return self.ref if self.ref.startswith("tiny:") or self.kind == "hub" else self.location
+        """What to record in metadata: tiny refs and hub ids as written (``id@revision``), local paths absolute."""
+        if self.kind == "hub":
+            return f"{self.ref}@{self.revision}" if self.revision else self.ref
+        return self.ref if self.ref.startswith("tiny:") else self.location
+
+    @property
+    def hub_kwargs(self) -> dict[str, str]:
+        """``revision=`` for ``from_pretrained`` / ``hf_hub_download`` of a hub source with a revision, else nothing."""
+        return {"revision": self.revision} if self.kind == "hub" and self.revision else {}
 
 
-def locate(ref: str | os.PathLike | None, key: str) -> Source:
-    """Decide whether ``ref`` is a local folder, a local file, a tiny-bundle entry or a hub id."""
+def locate(ref: str | os.PathLike | None, key: str, revision: str | None = None) -> Source:
+    """Decide whether ``ref`` is a local folder, a local file, a tiny-bundle entry or a hub id.
+
+    ``revision`` is kept for hub ids only (a local path has no revisions).
+    """
     if ref is None or str(ref).strip() == "":
         raise ConfigError(f"{key}: not set; give a diffusers folder, a hub id, or a .safetensors/.ckpt file")
     ref = str(ref).strip()
@@ -185,7 +211,7 @@ def locate(ref: str | os.PathLike | None, key: str) -> Source:
     )
     if looks_like_path or not _HUB_ID.match(ref):
         raise InputError(f"{key}: {ref} does not exist; give a diffusers folder, a hub id, or a .safetensors/.ckpt file")
-    return Source(key, ref, "hub", ref)
+    return Source(key, ref, "hub", ref, revision or None)
 
 
 def _hub_offline() -> bool:
@@ -198,7 +224,7 @@ def _hub_offline() -> bool:
 def _hub_file(src: Source, filename: str, subfolder: str | None = None, required: bool = True) -> str | None:
     """Path of ``filename`` in a hub repo (downloading it unless offline); clear errors for the usual failures."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
     try:
         from huggingface_hub.errors import RemoteEntryNotFoundError
@@ -207,18 +233,23 @@ def _hub_file(src: Source, filename: str, subfolder: str | None = None, required
 
     offline = _hub_offline()
     try:
-        return hf_hub_download(src.location, filename, subfolder=subfolder, local_files_only=offline)
+        return hf_hub_download(src.location, filename, subfolder=subfolder, local_files_only=offline, **src.hub_kwargs)
     except LocalEntryNotFoundError:  # before the remote one: it may subclass it
         if offline:
-            if not required and _hub_repo_cached(src.location):
+            if not required and _hub_repo_cached(src.location, src.revision):
                 return None
+            fetch = f"hf download {src.ref}" + (f" --revision {src.revision}" if src.revision else "")
             raise InputError(
-                f"{src.key}: '{src.ref}' is not a local path and not in the Hugging Face cache, and HF_HUB_OFFLINE=1 "
-                f"forbids downloading it; run `hf download {src.ref}` once online, or give a local folder or file"
+                f"{src.key}: '{src.label}' is not a local path and not in the Hugging Face cache, and HF_HUB_OFFLINE=1 "
+                f"forbids downloading it; run `{fetch}` once online, or give a local folder or file"
             ) from None
         raise InputError(
             f"{src.key}: could not download '{src.ref}' from the Hugging Face hub (no connection?); "
             "check the network or give a local folder or file"
+        ) from None
+    except RevisionNotFoundError:
+        raise InputError(
+            f"{src.key}: hub repo '{src.ref}' has no revision '{src.revision}'; check models.revision"
         ) from None
     except RepositoryNotFoundError:
         raise InputError(
@@ -232,13 +263,17 @@ def _hub_file(src: Source, filename: str, subfolder: str | None = None, required
         raise InputError(f"{src.key}: hub repo '{src.ref}' has no {name}; it is not the diffusers model expected here") from None
 
 
-def _hub_repo_cached(repo_id: str) -> bool:
+def _hub_repo_cached(repo_id: str, revision: str | None = None) -> bool:
+    """Whether the hub cache holds ``repo_id`` (at ``revision``: a ref name or a commit, when given)."""
     from huggingface_hub import scan_cache_dir
 
     try:
-        return any(r.repo_id == repo_id for r in scan_cache_dir().repos)
+        repos = [r for r in scan_cache_dir().repos if r.repo_id == repo_id]
     except Exception:  # noqa: BLE001 - no cache folder at all
         return False
+    if revision is None:
+        return bool(repos)
+    return any(revision in r.refs or any(c.commit_hash == revision for c in r.revisions) for r in repos)
 
 
 def _read_config(src: Source, filename: str, subfolder: str | None = None) -> dict | None:
@@ -491,6 +526,36 @@ def _motion_config_override(config, path: Path, key: str) -> dict[str, Any]:
     return data
 
 
+def _check_heads(cfg: dict[str, Any], given: bool, path: Path, key: str) -> None:
+    """The head count must divide every motion channel count; an assumed one is said in one log line.
+
+    The weights do not record it (q, k and v are channels x channels whatever the
+    count), so a checkpoint trained with other than 8 heads would load silently and
+    compute wrong outputs. Detectable: 8 not dividing the channels. Known: every
+    AnimateDiff release with SD1.5/SDXL channels uses 8.
+    """
+    heads, channels = cfg["motion_num_attention_heads"], tuple(cfg["block_out_channels"])
+    bad = [c for c in channels if c % heads]
+    fix = f"set motion_num_attention_heads in {key}_config (a JSON file) or in {path.with_suffix('.json').name} beside it"
+    if bad and given:
+        raise ConfigError(f"{key}_config: motion_num_attention_heads={heads} does not divide the motion channels {bad}; {fix}")
+    if bad:
+        raise ConfigError(
+            f"{key}: {path.name} does not record its attention head count, and AnimateDiff's {heads} does not divide "
+            f"its channels {bad}; {fix}"
+        )
+    if given:
+        return
+    if channels in _ANIMATEDIFF_CHANNELS:
+        logger.info("%s: %s: %d attention heads assumed (every AnimateDiff release with channels %s)",
+                    key, path.name, heads, channels)  # fmt: skip
+    else:
+        logger.warning(
+            "%s: %s does not record its attention head count: assumed %d (AnimateDiff's); if it was trained with "
+            "another, %s", key, path.name, heads, fix,
+        )
+
+
 def load_motion_adapter(
     path: str | os.PathLike,
     unet_config=None,
@@ -519,14 +584,7 @@ def load_motion_adapter(
     if unknown:
         raise ConfigError(f"{key}_config: unknown MotionAdapter settings {unknown}; known: {sorted(known)}")
     cfg.update({k: v for k, v in override.items() if not k.startswith("_")})
-
-    heads = cfg["motion_num_attention_heads"]
-    bad = [c for c in cfg["block_out_channels"] if c % heads]
-    if bad:
-        raise ConfigError(
-            f"{key}_config: motion_num_attention_heads={heads} does not divide the motion channels {bad}; "
-            f"set it in {key}_config or in {path.with_suffix('.json').name} beside the checkpoint"
-        )
+    _check_heads(cfg, "motion_num_attention_heads" in override, path, key)
     if unet_config is not None:
         base = tuple(unet_config["block_out_channels"])
         if tuple(cfg["block_out_channels"]) != base:
@@ -578,6 +636,9 @@ def assemble_motion_unet(unet2d, adapter, key: str = "models.motion_adapter"):
 
     The result owns the very tensors of ``unet2d`` and ``adapter`` (drop those
     objects afterwards); the output equals ``UNetMotionModel.from_unet2d``'s.
+    ``unet2d`` may also be a UNetMotionModel: its spatial layers are kept, its
+    motion modules replaced by the adapter's (diffusers' ``from_unet2d`` reads the
+    block types of both the same way).
     """
     from accelerate import init_empty_weights
     from diffusers import UNetMotionModel
@@ -589,7 +650,8 @@ def assemble_motion_unet(unet2d, adapter, key: str = "models.motion_adapter"):
             model = UNetMotionModel.from_unet2d(unet2d, adapter, load_weights=False)
     except ValueError as e:
         raise InputError(f"{key}: the motion module does not fit the base UNet ({e})") from None
-    state = dict(unet2d.state_dict())
+    # A UNetMotionModel base (an AnimateDiff pipeline's unet/) brings motion modules: the adapter's replace them.
+    state = {k: v for k, v in unet2d.state_dict().items() if ".motion_modules." not in k}
     state.update(_cast(adapter, unet2d.dtype).state_dict())
     expected = set(model.state_dict())
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
@@ -679,57 +741,81 @@ def _check_base(src: Source, cfg: Source | None) -> None:
         )
 
 
+def _model_subfolder(src: Source, part: str, class_names: tuple[str, ...], what: str) -> str | None:
+    """Where the model is in a folder / hub repo: None when it holds the model itself, ``part`` when it is a
+    diffusers pipeline with that part (e.g. ``controlnet/`` of an AnimateDiffControlNetPipeline); else InputError."""
+    config = _read_config(src, "config.json")
+    if config is not None and config.get("_class_name") in class_names:
+        return None
+    if config is None and _read_config(src, "model_index.json") is not None:
+        sub = _read_config(src, "config.json", subfolder=part)
+        if sub is not None and sub.get("_class_name") in class_names:
+            return part
+    _expect_model_repo(src, class_names, f"{what}, or a diffusers pipeline folder with {part}/")
+    return None  # not reached: _expect_model_repo raised
+
+
 def _check_vae(src: Source) -> str | None:
     """The subfolder holding the VAE ("vae" when a whole pipeline is given), or None."""
     if src.kind == "file":
         _expect_kind(src.location, src.key, ("vae", "sd"), "a VAE checkpoint")
         return None
-    config = _read_config(src, "config.json")
-    if config is not None and config.get("_class_name") == "AutoencoderKL":
-        return None
-    if _read_config(src, "model_index.json") is not None and _read_config(src, "config.json", subfolder="vae") is not None:
-        return "vae"
-    raise InputError(f"{src.key}: {src.ref} is {_describe_repo(src)}, expected an AutoencoderKL (VAE) folder or hub id")
+    return _model_subfolder(src, "vae", ("AutoencoderKL",), "an AutoencoderKL (VAE) folder or hub id")
 
 
-def _check_controlnet(src: Source, cfg: Source | None) -> None:
+def _check_controlnet(src: Source, cfg: Source | None) -> str | None:
+    """The subfolder holding the ControlNet ("controlnet" when a whole pipeline is given), or None."""
     if src.kind == "file":
         _expect_kind(src.location, src.key, ("controlnet",), "an SD1.5 ControlNet (e.g. control_v11p_sd15_inpaint)")
         if cfg is not None:
             _expect_model_repo(cfg, ("ControlNetModel",), "a diffusers ControlNetModel folder or hub id")
-    else:
-        _expect_model_repo(src, ("ControlNetModel",), "a diffusers ControlNetModel folder or hub id")
+        return None
+    return _model_subfolder(src, "controlnet", ("ControlNetModel",), "a diffusers ControlNetModel folder or hub id")
 
 
-def _check_adapter(src: Source) -> None:
+def _check_adapter(src: Source) -> str | None:
+    """The subfolder holding the MotionAdapter ("motion_adapter" of an AnimateDiff pipeline), or None."""
     if src.kind == "file":
         _expect_kind(src.location, src.key, ("motion_module",), "an AnimateDiff motion module (e.g. mm_sd_v15_v2.ckpt)")
-    else:
-        _expect_model_repo(
-            src, ("MotionAdapter",), "a diffusers MotionAdapter folder or hub id, or an AnimateDiff motion module file"
-        )
+        return None
+    return _model_subfolder(
+        src, "motion_adapter", ("MotionAdapter",),
+        "a diffusers MotionAdapter folder or hub id, or an AnimateDiff motion module file",
+    )
+
+
+def _unet_class(src: Source) -> str | None:
+    """``_class_name`` of a pipeline folder's / hub repo's ``unet/`` (UNetMotionModel in AnimateDiff pipelines)."""
+    if src.kind == "file":
+        return None
+    return (_read_config(src, "config.json", subfolder="unet") or {}).get("_class_name")
 
 
 def _base_from_repo(src: Source, need: set[str], dtype, variant):
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    """The base's parts from a pipeline folder / hub repo. Its ``unet`` is a UNet2DConditionModel, or the
+    UNetMotionModel of an AnimateDiff pipeline (motion modules included)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel, UNetMotionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    loc, out = src.location, {}
+    loc, out, hub = src.location, {}, src.hub_kwargs
     if "tokenizer" in need:
         with _loading(src, "the tokenizer"):
-            out["tokenizer"] = CLIPTokenizer.from_pretrained(loc, subfolder="tokenizer")
+            out["tokenizer"] = CLIPTokenizer.from_pretrained(loc, subfolder="tokenizer", **hub)
     if "text_encoder" in need:
         with _loading(src, "the text encoder"):
-            out["text_encoder"] = CLIPTextModel.from_pretrained(loc, subfolder="text_encoder", dtype=dtype, variant=variant)
+            out["text_encoder"] = CLIPTextModel.from_pretrained(
+                loc, subfolder="text_encoder", dtype=dtype, variant=variant, **hub
+            )
     if "vae" in need:
         with _loading(src, "the VAE"):
-            out["vae"] = AutoencoderKL.from_pretrained(loc, subfolder="vae", torch_dtype=dtype, variant=variant)
+            out["vae"] = AutoencoderKL.from_pretrained(loc, subfolder="vae", torch_dtype=dtype, variant=variant, **hub)
     if "unet" in need:
+        cls = UNetMotionModel if _unet_class(src) == "UNetMotionModel" else UNet2DConditionModel
         with _loading(src, "the UNet"):
-            out["unet"] = UNet2DConditionModel.from_pretrained(loc, subfolder="unet", torch_dtype=dtype, variant=variant)
+            out["unet"] = cls.from_pretrained(loc, subfolder="unet", torch_dtype=dtype, variant=variant, **hub)
     if "scheduler" in need:
         with _loading(src, "the scheduler config"):
-            out["scheduler"] = DDIMScheduler.from_pretrained(loc, subfolder="scheduler")
+            out["scheduler"] = DDIMScheduler.from_pretrained(loc, subfolder="scheduler", **hub)
     return out
 
 
@@ -740,7 +826,7 @@ def _base_from_single_file(src: Source, cfg: Source, need: set[str], dtype):
     out = {}
     if "scheduler" in need:
         with _loading(cfg, "the scheduler config"):
-            out["scheduler"] = DDIMScheduler.from_pretrained(cfg.location, subfolder="scheduler")
+            out["scheduler"] = DDIMScheduler.from_pretrained(cfg.location, subfolder="scheduler", **cfg.hub_kwargs)
     modules = {"tokenizer", "text_encoder", "vae", "unet"} & need
     if modules:
         skip = {name: None for name in ("tokenizer", "text_encoder", "vae", "unet") if name not in need}
@@ -753,6 +839,7 @@ def _base_from_single_file(src: Source, cfg: Source, need: set[str], dtype):
                 feature_extractor=None,
                 scheduler=out.get("scheduler") or animatediff_scheduler(),  # a placeholder: only modules are kept
                 **skip,
+                **cfg.hub_kwargs,  # the checkpoint is a local file: the revision only picks the config files
             )
         out.update({name: getattr(pipe, name) for name in modules})
         del pipe
@@ -792,19 +879,25 @@ def _load_vae(src: Source, subfolder: str | None, arch: Source, dtype):
     with _loading(src, "the VAE"):
         if src.kind == "file":
             # A lone VAE file has the base model's VAE architecture.
-            return AutoencoderKL.from_single_file(src.location, config=arch.location, subfolder="vae", torch_dtype=dtype)
-        return AutoencoderKL.from_pretrained(src.location, subfolder=subfolder, torch_dtype=dtype)
+            return AutoencoderKL.from_single_file(
+                src.location, config=arch.location, subfolder="vae", torch_dtype=dtype,
+                **({"config_revision": arch.revision} if arch.hub_kwargs else {}),
+            )
+        return AutoencoderKL.from_pretrained(src.location, subfolder=subfolder, torch_dtype=dtype, **src.hub_kwargs)
 
 
-def _load_controlnet(src: Source, cfg: Source | None, dtype):
+def _load_controlnet(src: Source, subfolder: str | None, cfg: Source | None, dtype):
     from diffusers import ControlNetModel
 
     if src.kind != "file":
         with _loading(src, "the ControlNet"):
-            return ControlNetModel.from_pretrained(src.location, torch_dtype=dtype)
+            return ControlNetModel.from_pretrained(src.location, subfolder=subfolder, torch_dtype=dtype, **src.hub_kwargs)
     try:
         with _loading(src, "the ControlNet"):
-            return ControlNetModel.from_single_file(src.location, config=cfg.location if cfg else None, torch_dtype=dtype)
+            return ControlNetModel.from_single_file(
+                src.location, config=cfg.location if cfg else None, torch_dtype=dtype,
+                **({"config_revision": cfg.revision} if cfg is not None and cfg.hub_kwargs else {}),
+            )
     except InputError as e:
         # Without controlnet_config diffusers fetches a stock SD1.5 ControlNet config from the hub.
         if cfg is None and _hub_offline():
@@ -815,13 +908,13 @@ def _load_controlnet(src: Source, cfg: Source | None, dtype):
         raise
 
 
-def _load_adapter(src: Source, config, unet_config, dtype):
+def _load_adapter(src: Source, subfolder: str | None, config, unet_config, dtype):
     from diffusers import MotionAdapter
 
     if src.kind == "file":
         return _cast(load_motion_adapter(src.location, unet_config=unet_config, config=config, key=src.key), dtype)
     with _loading(src, "the motion adapter"):
-        return MotionAdapter.from_pretrained(src.location, torch_dtype=dtype)
+        return MotionAdapter.from_pretrained(src.location, subfolder=subfolder, torch_dtype=dtype, **src.hub_kwargs)
 
 
 def load_components(
@@ -858,7 +951,9 @@ def load_components(
     comps = Components(device=dev, dtype=dt, schedule=schedule)
 
     # Resolve and check every source first.
-    vae_src = locate(get("vae"), "models.vae") if "vae" in need and get("vae") else None
+    revision = get("revision")
+    rev = lambda name: revision.get(name) if isinstance(revision, dict) else revision  # noqa: E731
+    vae_src = locate(get("vae"), "models.vae", rev("vae")) if "vae" in need and get("vae") else None
     base_need = (
         need & {"tokenizer", "text_encoder", "unet"}
         | ({"scheduler"} if "scheduler" in need and schedule == "base" else set())
@@ -866,9 +961,9 @@ def load_components(
     )
     base = base_cfg = None
     if base_need or vae_src is not None:
-        base = locate(get("base"), "models.base")
+        base = locate(get("base"), "models.base", rev("base"))
         if base.kind == "file":
-            base_cfg = locate(get("base_config") or SD15_HUB_ID, "models.base_config")
+            base_cfg = locate(get("base_config") or SD15_HUB_ID, "models.base_config", rev("base_config"))
         try:
             _check_base(base, base_cfg)
         except InputError as e:
@@ -880,19 +975,29 @@ def load_components(
                 "set it to a local SD1.5 diffusers folder (only its config files are read)"
             ) from None
     vae_subfolder = _check_vae(vae_src) if vae_src is not None else None
-    cn_src = cn_cfg = None
+    cn_src = cn_cfg = cn_subfolder = None
     if "controlnet" in need:
-        cn_src = locate(get("controlnet"), "models.controlnet")
+        cn_src = locate(get("controlnet"), "models.controlnet", rev("controlnet"))
         if cn_src.kind == "file" and get("controlnet_config"):
-            cn_cfg = locate(get("controlnet_config"), "models.controlnet_config")
-        _check_controlnet(cn_src, cn_cfg)
-    mm_src = locate(get("motion_adapter"), "models.motion_adapter") if "unet" in need else None
-    if mm_src is not None:
-        _check_adapter(mm_src)
+            cn_cfg = locate(get("controlnet_config"), "models.controlnet_config", rev("controlnet_config"))
+        cn_subfolder = _check_controlnet(cn_src, cn_cfg)
+    # The motion module: models.motion_adapter when set; else an AnimateDiff pipeline base's own (its unet/ is a
+    # UNetMotionModel, used as it is: mm_src stays None); else AnimateDiff v2 from the hub.
+    mm_src = mm_subfolder = None
+    if "unet" in need:
+        if get("motion_adapter"):
+            mm_src = locate(get("motion_adapter"), "models.motion_adapter", rev("motion_adapter"))
+        elif _unet_class(base) != "UNetMotionModel":
+            mm_src = locate(ANIMATEDIFF_HUB_ID, "models.motion_adapter", rev("motion_adapter"))
+        if mm_src is not None:
+            mm_subfolder = _check_adapter(mm_src)
     for name, src in (("base", base), ("base_config", base_cfg), ("vae", vae_src), ("controlnet", cn_src),
                       ("controlnet_config", cn_cfg), ("motion_adapter", mm_src)):  # fmt: skip
         if src is not None:
             comps.sources[name] = src.label
+    if "unet" in need and mm_src is None:
+        comps.sources["motion_adapter"] = f"{base.label}/unet"
+    _check_revision(revision, [base, base_cfg, vae_src, cn_src, cn_cfg, mm_src])
 
     steps = [n for n, on in (("base", base_need), ("vae", vae_src), ("controlnet", cn_src), ("motion adapter", mm_src)) if on]
     loaded: dict[str, Any] = {}
@@ -910,14 +1015,14 @@ def load_components(
             bar.update()
         if cn_src is not None:
             bar.set_postfix_str("controlnet")
-            loaded["controlnet"] = _load_controlnet(cn_src, cn_cfg, dt)
+            loaded["controlnet"] = _load_controlnet(cn_src, cn_subfolder, cn_cfg, dt)
             bar.update()
         if mm_src is not None:
             bar.set_postfix_str("motion adapter")
-            unet2d = loaded.pop("unet")
-            adapter = _load_adapter(mm_src, get("motion_adapter_config"), unet2d.config, dt)
-            loaded["unet"] = assemble_motion_unet(unet2d, adapter, key=mm_src.key)
-            del unet2d, adapter
+            base_unet = loaded.pop("unet")  # a UNet2D, or an AnimateDiff pipeline's UNetMotionModel
+            adapter = _load_adapter(mm_src, mm_subfolder, get("motion_adapter_config"), base_unet.config, dt)
+            loaded["unet"] = assemble_motion_unet(base_unet, adapter, key=mm_src.key)
+            del base_unet, adapter
             bar.update()
 
     if "scheduler" in need and schedule == "animatediff":
@@ -932,6 +1037,21 @@ def load_components(
         if name in need:
             setattr(comps, name, loaded[name])
     return comps
+
+
+def _check_revision(revision, sources: list[Source | None]) -> None:
+    """A per-source revision must name a hub id; a single one that reaches no hub id is worth one warning."""
+    located = [s for s in sources if s is not None]
+    if isinstance(revision, dict):
+        for src in located:
+            name = src.key.removeprefix("models.")
+            if name in revision and src.kind != "hub":
+                raise ConfigError(
+                    f"models.revision.{name}: {src.ref} is a local {src.kind}, not a hub id, and has no revisions; "
+                    f"remove this entry or point {src.key} at a hub id"
+                )
+    elif revision and located and not any(s.kind == "hub" for s in located):
+        logger.warning("models.revision=%s is ignored: no model source here is a hub id", revision)
 
 
 def _check_compatible(loaded: dict[str, Any], sources: dict[str, str]) -> None:

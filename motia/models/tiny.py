@@ -259,9 +259,17 @@ def motion_adapter_to_original(state_dict: dict[str, torch.Tensor]) -> dict[str,
 
 
 def default_cache_root() -> Path:
-    """``$MOTIA_CACHE`` if set, else ``~/.cache/motia``."""
+    """``$MOTIA_CACHE`` if set, else ``$XDG_CACHE_HOME/motia``, else ``~/.cache/motia``.
+
+    As the XDG base-directory spec asks, a relative ``XDG_CACHE_HOME`` is ignored.
+    """
     env = os.environ.get("MOTIA_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "motia"
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    if xdg and Path(xdg).expanduser().is_absolute():
+        return Path(xdg).expanduser() / "motia"
+    return Path.home() / ".cache" / "motia"
 
 
 def _ldm_module():
@@ -348,7 +356,7 @@ def _build_bundle(folder: Path, fingerprint: str) -> None:
 def ensure_tiny_bundle(root=None) -> Path:
     """Return the tiny bundle folder (``<root>/tiny-v1``), building it first if missing or out of date.
 
-    ``root`` defaults to ``$MOTIA_CACHE`` or ``~/.cache/motia``. The bundle is built
+    ``root`` defaults to ``default_cache_root()``. The bundle is built
     in a temporary folder beside it and renamed into place, so concurrent processes
     never see a half-written bundle: the first finished rename wins, the others
     discard their copy. It is rebuilt when this file, the LDM exporter or the
