@@ -118,7 +118,8 @@ class PropagationParams:
     min_agree: int = 2  # agreeing candidates needed; 1 accepts a pixel seen by a single frame
 
     def __post_init__(self):
-        if not 1 <= self.radius <= _MAX_RADIUS or not 1 <= self.samples <= 100 or self.spacing < 1 or self.min_agree < 1:
+        if not (1 <= self.radius <= _MAX_RADIUS and 1 <= self.samples <= 100 and self.spacing >= 1
+                and self.min_agree >= 1):
             raise ValueError(f"invalid propagation parameters: {self}")
         if self.min_agree > self.samples:
             raise ValueError(f"min_agree ({self.min_agree}) must be <= samples ({self.samples})")
@@ -187,6 +188,7 @@ class CameraMotion:
     transforms: np.ndarray  # (F, 3, 3) float64
     segments: np.ndarray  # (F,) int
     links: list[Link | None] = field(default_factory=list)
+    features: str = "sift"  # the detector that found it (provenance for summaries)
     _inverse: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -223,6 +225,7 @@ class CameraMotion:
         """Counts for run summaries: frames, segments, links per model, mean inliers and RMS."""
         used = [link for link in self.links if link is not None]
         return {
+            "features": self.features,
             "frames": self.num_frames,
             "segments": int(len(np.unique(self.segments))) if self.num_frames else 0,
             "linked_frames": len(used),
@@ -235,6 +238,7 @@ class CameraMotion:
         """JSON-friendly: size, per-frame transform (row-major 9 floats), segment and link."""
         return {
             "size": list(self.size),
+            "features": self.features,
             "summary": self.summary(),
             "frames": [
                 {"segment": int(seg), "transform": [float(v) for v in tr.ravel()],
@@ -251,6 +255,7 @@ class CameraMotion:
             transforms=np.array([f["transform"] for f in frames], dtype=np.float64).reshape(-1, 3, 3),
             segments=np.array([f["segment"] for f in frames], dtype=np.int64),
             links=[Link.from_dict(f["link"]) if f["link"] is not None else None for f in frames],
+            features=str(data.get("features", "sift")),
         )
 
 
@@ -435,7 +440,8 @@ def estimate_motion(
         if native is None:
             native, size = (w, h), _analysis_size(w, h, params.analysis_size)
         elif (w, h) != native:
-            raise ValueError(f"read_frame({t}) is {w}x{h}, frame 0 was {native[0]}x{native[1]}: frames must share one size")
+            raise ValueError(f"read_frame({t}) is {w}x{h} but frame 0 was {native[0]}x{native[1]}: "
+                             "frames must share one size")
         if (w, h) != size:
             gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
         feats = _detect(gray, detector)
@@ -457,7 +463,7 @@ def estimate_motion(
         prev = (t, feats)
         if callback is not None:
             callback(t)
-    return CameraMotion(size=size, transforms=transforms, segments=segments, links=links)
+    return CameraMotion(size=size, transforms=transforms, segments=segments, links=links, features=params.features)
 
 
 # ----------------------------------------------------------------------------- propagation
@@ -718,7 +724,7 @@ def propagate(
     """``propagate_frame`` for each of ``frames`` (default: all, in order), sharing one LRU frame cache.
 
     Memory: the cache (``cache_mb``, or pass a ``FrameCache`` as ``read_frame``) plus one
-    target's working set (about (2 + 3 * samples) bytes per canvas pixel and channel);
+    target's working set (about 17 + 5 * samples bytes per canvas pixel for uint8 RGB);
     it does not grow with the clip length, so call it chunk by chunk at any scale.
     """
     cached = read_frame if isinstance(read_frame, FrameCache) else FrameCache(read_frame, int(cache_mb * (1 << 20)))

@@ -114,7 +114,7 @@ def test_subpixel_pan_is_above_30_db():
     clip = pan_clip(frames=24, velocity=(2.5, 0.3))
     motion, results = run(clip)
     got, want = filled_errors(clip, results)
-    assert psnr(got, want) > 30
+    assert psnr(got, want) > 37  # 40.2 dB with bilinear sampling; nearest-neighbour sampling gives 33.3
     stats = CoverageStats(clip.canvas)
     for p in results:
         stats.add(p.mask)
@@ -140,7 +140,7 @@ def test_slow_zoom_fills_every_side_from_earlier_frames():
     motion, results = run(clip)
     assert motion.summary()["models"]["similarity"] == 23
     got, want = filled_errors(clip, results)
-    assert psnr(got, want) > 30
+    assert psnr(got, want) > 39  # 41.5 dB with bilinear sampling; nearest-neighbour sampling gives 36.4
     cov = frame_coverage(results[-1].mask, clip.canvas)
     assert all(cov[side] > 0.3 for side in ("left", "right", "top", "bottom"))
     assert not results[0].mask.any()  # the widest view: nothing beyond it was seen
@@ -202,10 +202,29 @@ def test_unmatchable_frames_contribute_nothing():
     assert not any(p.mask.any() for p in propagate(frames.__getitem__, motion, canvas))
 
 
+def test_poor_fits_are_dropped():
+    """Each fit-quality gate, made stricter than some of this clip's fits, drops those links."""
+    clip = pan_clip(frames=8, velocity=(2.5, 0.3))  # ~85 keypoints, 38-55 inliers, RMS 0.17-0.47 px a frame
+    assert estimate_motion(clip.read, 8).summary()["linked_frames"] == 7
+    gates = (
+        (dict(min_inliers=60), lambda link: link.inliers >= 60),
+        (dict(min_inlier_ratio=1.0), lambda link: link.inliers == link.matches),
+        (dict(max_error=0.01), lambda link: link.rms <= 0.01),
+    )
+    for strict, holds in gates:
+        motion = estimate_motion(clip.read, 8, MotionParams(**strict))
+        kept = [link for link in motion.links if link is not None]
+        assert len(kept) < 7 and all(holds(link) for link in kept), strict
+    assert not kept and not any(p.mask.any() for p in propagate(clip.read, motion, clip.canvas))
+
+
 def test_orb_features_work_too():
+    from motia.propagate import _detector
+
+    assert isinstance(_detector(MotionParams(features="orb"), cv2)[0], cv2.ORB)
     clip = pan_clip(frames=16, velocity=(3, 0))
     motion, results = run(clip, MotionParams(features="orb"))
-    assert motion.summary()["segments"] == 1
+    assert motion.features == "orb" and motion.summary()["segments"] == 1
     got, want = filled_errors(clip, results)
     assert len(got) > 10000 and psnr(got, want) > 30
 
@@ -236,11 +255,26 @@ def test_motion_found_at_one_scale_propagates_exactly_at_another():
         assert p.mask.any() and np.array_equal(p.image[p.mask], _half(clip.truth(p.index))[p.mask])
 
 
+def test_rescaling_keeps_pixel_centres():
+    """A zoom defined on continuous image coordinates (pixel i covers [i, i + 1) / width) means the same
+    map at every resolution; the motion, found at 100x80, must give that map at 250x200 and 40x32."""
+
+    def at(w, h, k=0.8, cx=0.3, cy=0.6):  # zoom by k about (cx, cy) of the unit square, as pixels of w x h
+        to_unit = np.array([[1 / w, 0, 0.5 / w], [0, 1 / h, 0.5 / h], [0, 0, 1]])
+        zoom_unit = np.array([[k, 0, cx * (1 - k)], [0, k, cy * (1 - k)], [0, 0, 1]])
+        return np.linalg.inv(to_unit) @ zoom_unit @ to_unit
+
+    motion = CameraMotion(size=(100, 80), transforms=np.stack([np.eye(3), at(100, 80)]),
+                          segments=np.zeros(2, dtype=int), links=[None, None])
+    for size in ((100, 80), (250, 200), (40, 32)):
+        np.testing.assert_allclose(motion.relative(0, 1, size=size), at(*size), atol=1e-9)
+
+
 def test_motion_round_trips_through_json():
     clip = zoom_clip(frames=10)
     motion = estimate_motion(clip.read, 10)
     again = CameraMotion.from_dict(json.loads(json.dumps(motion.to_dict())))
-    assert again.size == motion.size and again.links == motion.links
+    assert again.size == motion.size and again.links == motion.links and again.features == "sift"
     assert np.array_equal(again.transforms, motion.transforms) and np.array_equal(again.segments, motion.segments)
     for s, t in ((0, 9), (7, 2)):
         assert np.array_equal(again.relative(s, t, size=(333, 250)), motion.relative(s, t, size=(333, 250)))
