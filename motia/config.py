@@ -107,6 +107,33 @@ class VideoConfig(_Section):
     resize: Literal["short_side", "long_side", "none"] = "short_side"
 
 
+class PropagationSection(_Section):
+    """Pixel propagation (motia.propagate): camera motion, then new-region pixels other frames saw.
+
+    Pixel values are at the analysis size (``analysis_size`` long side) for the motion keys;
+    ``margin`` is a fraction of the source's long side so it means the same at every scale.
+    """
+
+    features: Literal["sift", "orb"] = "sift"  # sift: sub-pixel keypoints; orb: faster, coarser
+    analysis_size: int = Field(512, ge=64)  # motion is estimated on frames with this long side
+    keyframe_interval: int = Field(8, ge=1)  # frames link to a keyframe: drift grows with d / interval
+    min_inliers: int = Field(30, ge=4)  # a frame pair fitted on fewer RANSAC inliers gives nothing
+    min_inlier_ratio: float = Field(0.3, gt=0, le=1)  # inliers / matches
+    max_error: float = Field(1.0, gt=0)  # inlier RMS reprojection error, px at the analysis size
+    radius: int = Field(100, ge=1, le=16000)  # frames either side that may give pixels
+    samples: int = Field(5, ge=1, le=100)  # candidates per pixel for the agreement test
+    spacing: int = Field(4, ge=1)  # min frames between a pixel's candidates on one side of it
+    margin: float = Field(0.005, ge=0, lt=0.5)  # stay this far inside other frames' source box
+    tolerance: float = Field(0.1, gt=0, le=1)  # agreement: mean |value - median| over channels, [0, 1] scale
+    min_agree: int = Field(2, ge=1)  # agreeing candidates needed (1: trust a pixel seen once)
+
+    @model_validator(mode="after")
+    def _agree_within_samples(self):
+        if self.min_agree > self.samples:
+            raise ValueError(f"min_agree ({self.min_agree}) must be <= samples ({self.samples})")
+        return self
+
+
 class OutpaintConfig(_Section):
     """The canvas: per-side expansion fractions, or a target size, or a target aspect."""
 
@@ -117,6 +144,10 @@ class OutpaintConfig(_Section):
     target_size: list[int] | None = None  # [height, width]
     aspect: str | float | None = None  # "9:16", "16/9", or a number width/height
     multiple: int = Field(8, ge=8)
+    # Fill new-region pixels that other frames show (motia.propagate). Not consumed by the
+    # pipeline yet: the integration decides what "auto" does and the default.
+    propagate: Literal["off", "on", "auto"] = "off"
+    propagation: PropagationSection = PropagationSection()
 
     @field_validator("target_size")
     @classmethod

@@ -1,0 +1,105 @@
+"""Synthetic camera moves over real photos (scikit-image samples) with ground truth beyond the source box.
+
+A clip is a camera path: for frame t an affine map from canvas pixel coordinates to
+photo coordinates. The ground-truth canvas is the photo warped through it, and the
+source frame is that canvas's box, so source and ground truth share one resampling
+and the new region's truth is known exactly. A sprite can be drawn that moves in
+canvas coordinates inside the box: it is never truly in the new region, so any sprite
+colour found there was copied from another time.
+
+Used by tests/test_propagate.py and scripts/bench_propagate.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from motia.geometry import Canvas
+
+SPRITE_RGB = (255, 0, 255)
+
+
+def photo(name: str = "astronaut", upscale: float = 1.0) -> np.ndarray:
+    """A scikit-image sample photo as (H, W, 3) uint8, optionally enlarged (bicubic)."""
+    import cv2
+    from skimage import data
+
+    img = getattr(data, name)()
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    img = np.ascontiguousarray(img[:, :, :3])
+    if upscale != 1.0:
+        img = cv2.resize(img, None, fx=upscale, fy=upscale, interpolation=cv2.INTER_CUBIC)
+    return img
+
+
+@dataclass
+class Clip:
+    """A synthetic clip: ``read(t)`` gives the source frame, ``truth(t)`` the whole canvas."""
+
+    image: np.ndarray
+    canvas: Canvas
+    num_frames: int
+    path: Callable[[int], np.ndarray]  # t -> 2x3 map canvas (x, y) -> photo (x, y)
+    sprite: Callable[[int], tuple[int, int]] | None = None  # t -> (x, y) canvas top-left of the sprite
+    sprite_size: int = 24
+
+    def truth(self, t: int, with_sprite: bool = True) -> np.ndarray:
+        import cv2
+
+        c = self.canvas
+        out = cv2.warpAffine(self.image, self.path(t), (c.width, c.height),
+                             flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT)
+        if with_sprite and self.sprite is not None:
+            x, y = self.sprite(t)
+            k = self.sprite_size
+            out[y : y + k, x : x + k] = SPRITE_RGB
+            out[y + k // 3 : y + 2 * k // 3, x + k // 3 : x + 2 * k // 3] = (255, 255, 0)  # texture for features
+        return out
+
+    def read(self, t: int) -> np.ndarray:
+        top, left, bottom, right = self.canvas.box
+        return np.ascontiguousarray(self.truth(t)[top:bottom, left:right])
+
+
+def translation(x0: float, y0: float, vx: float, vy: float):
+    return lambda t: np.array([[1, 0, x0 + vx * t], [0, 1, y0 + vy * t]], dtype=np.float64)
+
+
+def zoom(cx: float, cy: float, canvas: Canvas, rate: float):
+    """Camera zooming in by ``rate`` per frame (scale photo px per canvas px = rate**t) about the canvas centre."""
+    ccx, ccy = (canvas.width - 1) / 2, (canvas.height - 1) / 2
+
+    def path(t):
+        s = rate**t
+        return np.array([[s, 0, cx - s * ccx], [0, s, cy - s * ccy]], dtype=np.float64)
+
+    return path
+
+
+def pan_clip(frames=24, src=(160, 192), expand=(0, 0, 64, 64), velocity=(3, 0), start=(150, 120),
+             name="astronaut", upscale=1.0, sprite=None) -> Clip:
+    """A pan: ``expand`` = (top, bottom, left, right) pixels, ``velocity`` (vx, vy) photo px per frame.
+
+    ``start`` is the photo position of the canvas's top-left pixel at frame 0.
+    """
+    sh, sw = src
+    top, bottom, left, right = expand
+    canvas = Canvas(src_h=sh, src_w=sw, height=sh + top + bottom, width=sw + left + right, top=top, left=left)
+    return Clip(photo(name, upscale), canvas, frames, translation(*start, *velocity), sprite)
+
+
+def zoom_clip(frames=24, src=(128, 160), expand=32, rate=0.99, name="astronaut") -> Clip:
+    sh, sw = src
+    canvas = Canvas(src_h=sh, src_w=sw, height=sh + 2 * expand, width=sw + 2 * expand, top=expand, left=expand)
+    img = photo(name)
+    return Clip(img, canvas, frames, zoom(img.shape[1] / 2, img.shape[0] / 2 - 20, canvas, rate))
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of uint8 values (inf when identical)."""
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))

@@ -1,0 +1,455 @@
+"""motia.propagate on synthetic camera moves over real photos (tests/synthetic_pans.py).
+
+The ground truth beyond the source box is known, so every propagated pixel is checked
+against it; integer pans must be exact, sub-pixel moves > 30 dB. Where a pixel must or
+must not be filled is checked against an oracle built from the true camera path, not
+from the estimated motion.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+import tracemalloc
+import weakref
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+cv2 = pytest.importorskip("cv2")
+
+from motia.config import load_config  # noqa: E402
+from motia.errors import ConfigError  # noqa: E402
+from motia.geometry import Canvas  # noqa: E402
+from motia.propagate import (  # noqa: E402
+    CameraMotion,
+    CoverageStats,
+    FrameCache,
+    MotionParams,
+    PropagationParams,
+    estimate_motion,
+    frame_coverage,
+    params_from_config,
+    propagate,
+    propagate_frame,
+    require_cv2,
+)
+
+sys.path.insert(0, str(Path(__file__).parent))
+from synthetic_pans import SPRITE_RGB, Clip, pan_clip, photo, psnr, translation, zoom_clip  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(clip: Clip, motion_params=MotionParams(), params=PropagationParams()):
+    motion = estimate_motion(clip.read, clip.num_frames, motion_params)
+    return motion, list(propagate(clip.read, motion, clip.canvas, params))
+
+
+def filled_errors(clip: Clip, results, with_sprite=False):
+    """Propagated values and their ground truth, all frames concatenated: (n, 3) each."""
+    got, want = [], []
+    for p in results:
+        truth = clip.truth(p.index, with_sprite=with_sprite)
+        got.append(p.image[p.mask])
+        want.append(truth[p.mask])
+    return np.concatenate(got), np.concatenate(want)
+
+
+def oracle_horizontal(clip: Clip, vx: int, params=PropagationParams()) -> list[np.ndarray]:
+    """Which canvas pixels must be filled in an integer horizontal pan, from the true path.
+
+    A pixel (column x, row y) of frame t sits at (x - left + vx (t - s), y - top) in frame s;
+    candidates are the frames that see it inside the margin, taken nearest first with the
+    same-side spacing; with nothing moving they all agree, so it is filled iff >= min_agree.
+    """
+    c = clip.canvas
+    m = params.margin * max(c.src_h, c.src_w)
+    rows_ok = (np.arange(c.height) - c.top >= m) & (np.arange(c.height) - c.top <= c.src_h - 1 - m)
+    out = []
+    for t in range(clip.num_frames):
+        count = np.zeros(c.width, dtype=int)
+        for x in range(c.width):
+            if c.left <= x < c.left + c.src_w:
+                continue
+            for side in (-1, 1):
+                last = None
+                for d in range(1, params.radius + 1):
+                    s = t + side * d
+                    if not 0 <= s < clip.num_frames:
+                        break
+                    u = x - c.left + vx * (t - s)
+                    if m <= u <= c.src_w - 1 - m and (last is None or abs(s - last) >= params.spacing):
+                        count[x] += 1
+                        last = s
+        out.append(rows_ok[:, None] & (count >= params.min_agree)[None, :])
+    return out
+
+
+# ----------------------------------------------------------------------------- pans
+
+
+def test_horizontal_integer_pan_recovers_the_border_exactly():
+    clip = pan_clip(frames=24, velocity=(3, 0))  # 160x192 source, 64 px left and right
+    motion, results = run(clip)
+    assert motion.summary()["segments"] == 1
+    assert motion.summary()["models"]["translation"] == 23  # no spurious perspective on a pan
+    for t in (5, 23):
+        np.testing.assert_allclose(motion.relative(0, t), [[1, 0, 3 * t], [0, 1, 0], [0, 0, 1]], atol=2e-3)
+    expected = oracle_horizontal(clip, 3)
+    for p, want in zip(results, expected):
+        truth = clip.truth(p.index)
+        assert np.array_equal(p.mask, want), f"frame {p.index}: filled pixels differ from the true visibility"
+        assert np.array_equal(p.image[p.mask], truth[p.mask]), f"frame {p.index}: propagated pixels are not exact"
+        top, left, bottom, right = clip.canvas.box
+        assert np.array_equal(p.image[top:bottom, left:right], clip.read(p.index))
+    assert not results[0].mask[:, : clip.canvas.left].any()  # nothing left of frame 0 was ever seen
+    assert results[-1].mask[:, : clip.canvas.left].mean() > 0.8
+    assert results[0].mask[:, clip.canvas.left + clip.canvas.src_w :].mean() > 0.8
+
+
+def test_subpixel_pan_is_above_30_db():
+    clip = pan_clip(frames=24, velocity=(2.5, 0.3))
+    motion, results = run(clip)
+    got, want = filled_errors(clip, results)
+    assert psnr(got, want) > 37  # 40.2 dB with bilinear sampling; nearest-neighbour sampling gives 33.3
+    stats = CoverageStats(clip.canvas)
+    for p in results:
+        stats.add(p.mask)
+    cov = stats.to_dict()
+    assert cov["all"]["mean"] > 0.25 and cov["left"]["max"] > 0.6 and cov["right"]["max"] > 0.6
+
+
+def test_vertical_pan_fills_top_and_bottom_exactly():
+    clip = pan_clip(frames=24, expand=(48, 48, 0, 0), velocity=(0, -3), start=(150, 150))
+    motion, results = run(clip)
+    got, want = filled_errors(clip, results)
+    assert np.array_equal(got, want)
+    stats = CoverageStats(clip.canvas)
+    for p in results:
+        stats.add(p.mask)
+    cov = stats.to_dict()
+    assert cov["left"] is None and cov["right"] is None
+    assert cov["top"]["max"] > 0.9 and cov["bottom"]["max"] > 0.9
+
+
+def test_slow_zoom_fills_every_side_from_earlier_frames():
+    clip = zoom_clip(frames=24, rate=0.99)  # zooming in: earlier frames saw more
+    motion, results = run(clip)
+    assert motion.summary()["models"]["similarity"] == 23
+    got, want = filled_errors(clip, results)
+    assert psnr(got, want) > 39  # 41.5 dB with bilinear sampling; nearest-neighbour sampling gives 36.4
+    cov = frame_coverage(results[-1].mask, clip.canvas)
+    assert all(cov[side] > 0.3 for side in ("left", "right", "top", "bottom"))
+    assert not results[0].mask.any()  # the widest view: nothing beyond it was seen
+    assert all(p.origin[p.mask].max() < p.index for p in results if p.mask.any())  # only from earlier frames
+
+
+def test_static_clip_gives_zero_coverage():
+    rng = np.random.default_rng(0)
+    base = photo()[100:260, 150:342]
+
+    def read(t):  # a still camera with sensor noise
+        return np.clip(base + rng.normal(0, 2, base.shape), 0, 255).astype(np.uint8)
+
+    frames = [read(t) for t in range(12)]
+    canvas = Canvas(src_h=160, src_w=192, height=224, width=320, top=32, left=64)
+    motion = estimate_motion(frames.__getitem__, len(frames))
+    assert motion.summary()["segments"] == 1
+    for p in propagate(frames.__getitem__, motion, canvas):
+        assert not p.mask.any() and not p.confidence.any()
+        assert frame_coverage(p.mask, canvas)["all"] == 0
+
+
+def wrapping_sprite(t, v=-6, lo=64, span=192 - 24):
+    """Sprite moving across the box in canvas coordinates (and 3 px/frame slower in the world)."""
+    return (lo + (v * t) % span, 60)
+
+
+def test_moving_sprite_leaves_no_copies_in_the_border():
+    clip = pan_clip(frames=48, velocity=(3, 0), sprite=wrapping_sprite)
+    motion, results = run(clip)
+    got, want = filled_errors(clip, results, with_sprite=False)  # the border truly shows background
+    sprite_like = np.abs(got.astype(int) - SPRITE_RGB).sum(axis=1) < 120
+    assert not sprite_like.any(), f"{int(sprite_like.sum())} sprite pixels copied into the border"
+    assert psnr(got, want) > 30
+    assert np.mean([frame_coverage(p.mask, clip.canvas)["all"] for p in results]) > 0.5
+
+
+def test_scene_cut_splits_the_clip_and_nothing_crosses_it():
+    a = pan_clip(frames=12, velocity=(3, 0))
+    b = pan_clip(frames=12, velocity=(3, 0), name="chelsea", start=(100, 60))
+    clip = Clip(a.image, a.canvas, 24, a.path)
+    clip.read = lambda t: a.read(t) if t < 12 else b.read(t - 12)
+    motion = estimate_motion(clip.read, 24)
+    assert motion.links[12] is None and motion.summary()["segments"] == 2
+    assert motion.relative(3, 15) is None
+    for p in propagate(clip.read, motion, clip.canvas, frames=range(12, 24)):
+        assert p.mask.any()
+        assert p.origin[p.mask].min() >= 12
+        truth = b.truth(p.index - 12)
+        assert np.array_equal(p.image[p.mask], truth[p.mask])
+
+
+def test_unmatchable_frames_contribute_nothing():
+    rng = np.random.default_rng(1)
+    frames = [rng.integers(0, 256, (96, 128, 3), dtype=np.uint8) for _ in range(6)]
+    motion = estimate_motion(frames.__getitem__, 6)
+    assert motion.summary()["linked_frames"] == 0 and motion.summary()["segments"] == 6
+    canvas = Canvas(src_h=96, src_w=128, height=96, width=192, top=0, left=32)
+    assert not any(p.mask.any() for p in propagate(frames.__getitem__, motion, canvas))
+
+
+def test_poor_fits_are_dropped():
+    """Each fit-quality gate, made stricter than some of this clip's fits, drops those links."""
+    clip = pan_clip(frames=8, velocity=(2.5, 0.3))  # ~85 keypoints, 38-55 inliers, RMS 0.17-0.47 px a frame
+    assert estimate_motion(clip.read, 8).summary()["linked_frames"] == 7
+    gates = (
+        (dict(min_inliers=60), lambda link: link.inliers >= 60),
+        (dict(min_inlier_ratio=1.0), lambda link: link.inliers == link.matches),
+        (dict(max_error=0.01), lambda link: link.rms <= 0.01),
+    )
+    for strict, holds in gates:
+        motion = estimate_motion(clip.read, 8, MotionParams(**strict))
+        kept = [link for link in motion.links if link is not None]
+        assert len(kept) < 7 and all(holds(link) for link in kept), strict
+    assert not kept and not any(p.mask.any() for p in propagate(clip.read, motion, clip.canvas))
+
+
+def test_orb_features_work_too():
+    from motia.propagate import _detector
+
+    assert isinstance(_detector(MotionParams(features="orb"), cv2)[0], cv2.ORB)
+    clip = pan_clip(frames=16, velocity=(3, 0))
+    motion, results = run(clip, MotionParams(features="orb"))
+    assert motion.features == "orb" and motion.summary()["segments"] == 1
+    got, want = filled_errors(clip, results)
+    assert len(got) > 10000 and psnr(got, want) > 30
+
+
+# ----------------------------------------------------------------------------- scales and serialisation
+
+
+def _half(img):
+    return cv2.resize(img, (img.shape[1] // 2, img.shape[0] // 2), interpolation=cv2.INTER_AREA)
+
+
+def test_motion_found_at_one_scale_propagates_exactly_at_another():
+    clip = pan_clip(frames=16, velocity=(4, 0))  # 160x192 source
+    # Found at half size (analysis_size 96: 2 px per frame there), used at full size.
+    motion = estimate_motion(clip.read, 16, MotionParams(analysis_size=96, min_inliers=15))
+    assert motion.size == (96, 80)
+    np.testing.assert_allclose(motion.relative(0, 10), [[1, 0, 20], [0, 1, 0], [0, 0, 1]], atol=2e-3)
+    np.testing.assert_allclose(motion.relative(0, 10, size=(192, 160)), [[1, 0, 40], [0, 1, 0], [0, 0, 1]], atol=4e-3)
+    for p in propagate(clip.read, motion, clip.canvas, frames=[0, 8, 15]):
+        assert p.mask.any() and np.array_equal(p.image[p.mask], clip.truth(p.index)[p.mask])
+
+    # Found at full size, used at half size on frames and canvas downscaled by area.
+    motion = estimate_motion(clip.read, 16)
+    c = clip.canvas
+    half = Canvas(src_h=c.src_h // 2, src_w=c.src_w // 2, height=c.height // 2, width=c.width // 2,
+                  top=c.top // 2, left=c.left // 2)
+    for p in propagate(lambda t: _half(clip.read(t)), motion, half, frames=[0, 8, 15]):
+        assert p.mask.any() and np.array_equal(p.image[p.mask], _half(clip.truth(p.index))[p.mask])
+
+
+def test_rescaling_keeps_pixel_centres():
+    """A zoom defined on continuous image coordinates (pixel i covers [i, i + 1) / width) means the same
+    map at every resolution; the motion, found at 100x80, must give that map at 250x200 and 40x32."""
+
+    def at(w, h, k=0.8, cx=0.3, cy=0.6):  # zoom by k about (cx, cy) of the unit square, as pixels of w x h
+        to_unit = np.array([[1 / w, 0, 0.5 / w], [0, 1 / h, 0.5 / h], [0, 0, 1]])
+        zoom_unit = np.array([[k, 0, cx * (1 - k)], [0, k, cy * (1 - k)], [0, 0, 1]])
+        return np.linalg.inv(to_unit) @ zoom_unit @ to_unit
+
+    motion = CameraMotion(size=(100, 80), transforms=np.stack([np.eye(3), at(100, 80)]),
+                          segments=np.zeros(2, dtype=int), links=[None, None])
+    for size in ((100, 80), (250, 200), (40, 32)):
+        np.testing.assert_allclose(motion.relative(0, 1, size=size), at(*size), atol=1e-9)
+
+
+def test_motion_round_trips_through_json():
+    clip = zoom_clip(frames=10)
+    motion = estimate_motion(clip.read, 10)
+    again = CameraMotion.from_dict(json.loads(json.dumps(motion.to_dict())))
+    assert again.size == motion.size and again.links == motion.links and again.features == "sift"
+    assert np.array_equal(again.transforms, motion.transforms) and np.array_equal(again.segments, motion.segments)
+    for s, t in ((0, 9), (7, 2)):
+        assert np.array_equal(again.relative(s, t, size=(333, 250)), motion.relative(s, t, size=(333, 250)))
+    summary = motion.to_dict()["summary"]
+    assert summary["frames"] == 10 and summary["linked_frames"] == 9
+
+
+def test_same_input_same_output_and_chunks_equal_one_pass():
+    clip = pan_clip(frames=16, velocity=(2.5, 0.3), sprite=wrapping_sprite)
+    m1, r1 = run(clip)
+    m2 = estimate_motion(clip.read, 16)
+    assert np.array_equal(m1.transforms, m2.transforms) and m1.links == m2.links
+    chunked = list(propagate(clip.read, m2, clip.canvas, frames=range(0, 7))) + list(
+        propagate(clip.read, m2, clip.canvas, frames=range(7, 16)))
+    for a, b in zip(r1, chunked):
+        for name in ("image", "mask", "confidence", "origin"):
+            assert np.array_equal(getattr(a, name), getattr(b, name)), name
+
+
+def test_float_frames_and_confidence():
+    clip = pan_clip(frames=12, velocity=(3, 0))
+    read = lambda t: clip.read(t).astype(np.float32) / 255  # noqa: E731
+    motion = estimate_motion(read, 12)
+    p = propagate_frame(11, read, motion, clip.canvas)
+    assert p.image.dtype == np.float32 and p.mask.any()
+    # OpenCV's float remap weights are exact to float rounding only: 1e-4 of the range.
+    np.testing.assert_allclose(p.image[p.mask], clip.truth(11)[p.mask] / 255, atol=1e-4)
+    assert p.confidence[p.mask].min() >= 2 / 5 and p.confidence.max() <= 1 and not p.confidence[~p.mask].any()
+    known = p.known(clip.canvas)
+    assert known[p.mask].all() and known[0 : clip.canvas.src_h, 64 : 64 + 192].all()
+
+
+def test_bad_frame_size_and_index_are_errors():
+    clip = pan_clip(frames=4)
+    motion = estimate_motion(clip.read, 4)
+    with pytest.raises(ValueError, match="canvas source"):
+        propagate_frame(0, lambda t: clip.read(t)[:-1], motion, clip.canvas)
+    with pytest.raises(ValueError, match="outside the clip"):
+        propagate_frame(4, clip.read, motion, clip.canvas)
+
+
+# ----------------------------------------------------------------------------- long clips
+
+
+def _long_run(num_frames: int, cache_mb: float = 1.0) -> dict:
+    """A 1 px/frame pan of 64x96 frames: time per frame, memory of the motion pass, frames kept alive.
+
+    Every read returns a fresh copy and is tracked by a weak reference, so any frame the
+    library keeps shows up as alive; tracemalloc measures the motion pass (cheap there).
+    """
+    canvas = Canvas(src_h=64, src_w=96, height=64, width=160, top=0, left=32)
+    clip = Clip(photo(), canvas, num_frames, translation(10, 200, 1.0, 0))
+    frames = [clip.read(t) for t in range(num_frames)]
+    alive: list = []
+
+    def read(t):
+        frame = frames[t].copy()
+        alive.append(weakref.ref(frame))
+        return frame
+
+    def live() -> int:
+        return sum(ref() is not None for ref in alive)
+
+    t0 = time.perf_counter()
+    tracemalloc.start()
+    motion = estimate_motion(read, num_frames, MotionParams(min_inliers=12))
+    motion_kept, motion_peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    most_alive, coverage = 0, 0.0
+    for p in propagate(read, motion, canvas, cache_mb=cache_mb):
+        coverage += frame_coverage(p.mask, canvas)["all"]
+        most_alive = max(most_alive, live())
+    return {"seconds": (time.perf_counter() - t0) / num_frames, "motion_peak": motion_peak, "motion_kept": motion_kept,
+            "most_alive": most_alive, "coverage": coverage / num_frames, "motion": motion,
+            "frame_bytes": frames[0].nbytes}
+
+
+@pytest.mark.parametrize("short_n, long_n", [(40, 120), pytest.param(60, 300, marks=pytest.mark.slow)])
+def test_long_pan_has_flat_memory_and_linear_time(short_n, long_n):
+    short, long = _long_run(short_n), _long_run(long_n)
+    cache_frames = (1 << 20) // long["frame_bytes"]
+    assert long["most_alive"] <= cache_frames + 2, "frames are kept beyond the cache"
+    # The motion pass keeps a transform and a fit record per frame, nothing frame-sized;
+    # its peak is one frame's features and matches, whatever the length.
+    kept = (long["motion_kept"] - short["motion_kept"]) / (long_n - short_n)
+    assert kept < long["frame_bytes"] / 8, f"the motion pass keeps {kept:.0f} bytes per frame"
+    assert long["motion_peak"] < 2 * short["motion_peak"] + 8 * long["frame_bytes"]
+    assert long["seconds"] < 2.5 * short["seconds"], f"{short['seconds']:.4f} -> {long['seconds']:.4f} s/frame"
+    assert long["coverage"] > 0.3
+    motion = long["motion"]
+    assert motion.summary()["segments"] == 1
+    np.testing.assert_allclose(motion.relative(0, long_n - 1), [[1, 0, long_n - 1], [0, 1, 0], [0, 0, 1]], atol=0.02)
+
+
+def test_content_seen_far_away_still_counts():
+    """Out and back: at frame 150 the left border was last seen more than 100 frames earlier."""
+    canvas = Canvas(src_h=64, src_w=96, height=64, width=160, top=0, left=32)
+
+    def path(t):  # right 1 px/frame for 100 frames, then back left
+        x = 10 + (t if t <= 100 else 200 - t)
+        return np.array([[1, 0, x], [0, 1, 200]], dtype=np.float64)
+
+    clip = Clip(photo(), canvas, 151, path)
+    frames = [clip.read(t) for t in range(151)]
+    motion = estimate_motion(frames.__getitem__, 151, MotionParams(min_inliers=12))
+    assert motion.summary()["segments"] == 1
+    near = propagate_frame(150, frames.__getitem__, motion, canvas, PropagationParams(radius=100))
+    far = propagate_frame(150, frames.__getitem__, motion, canvas, PropagationParams(radius=150))
+    left = np.s_[:, :32]
+    assert not near.mask[left].any()
+    assert far.mask[left].mean() > 0.5 and 150 - far.origin[left][far.mask[left]].max() > 100
+    assert np.array_equal(far.image[far.mask], clip.truth(150)[far.mask])
+
+
+def test_frame_cache_is_bounded_by_bytes():
+    reads = []
+    cache = FrameCache(lambda i: reads.append(i) or np.full((4, 4), i, dtype=np.uint8), max_bytes=40)
+    for i in (0, 1, 0, 2, 1, 0):
+        assert cache(i)[0, 0] == i
+    assert reads == [0, 1, 2, 1, 0] and cache.misses == 5  # two 16-byte frames fit
+
+
+# ----------------------------------------------------------------------------- coverage, config, extras
+
+
+def test_coverage_per_side_and_over_frames():
+    canvas = Canvas(src_h=4, src_w=4, height=8, width=10, top=2, left=4)  # left 4, right 2, top 2, bottom 2
+    mask = np.zeros((8, 10), dtype=bool)
+    mask[:, :2] = True  # half the left strip (8 x 4)
+    mask[0, 4:8] = True  # half the top strip (2 x 4)
+    mask[2:6, 4:8] = True  # inside the box: not counted
+    cov = frame_coverage(mask, canvas)
+    new_px = 80 - 16
+    assert cov == {"all": 20 / new_px, "left": 0.5, "right": 0.0, "top": 0.5, "bottom": 0.0}
+    stats = CoverageStats(canvas)
+    stats.add(mask)
+    stats.add(np.zeros_like(mask))
+    out = stats.to_dict()
+    assert out["frames"] == 2 and out["left"] == {"min": 0.0, "mean": 0.25, "max": 0.5}
+    assert json.loads(json.dumps(out)) == out
+    no_sides = Canvas(src_h=4, src_w=4, height=4, width=8, top=0, left=4)
+    assert frame_coverage(np.ones((4, 8), bool), no_sides)["top"] is None
+    assert CoverageStats(no_sides).to_dict()["left"] is None
+
+
+def test_config_section_defaults_validation_and_mapping():
+    cfg = load_config()
+    assert cfg.outpaint.propagate == "off"
+    motion, prop = params_from_config(cfg.outpaint.propagation)
+    assert motion == MotionParams() and prop == PropagationParams()
+    cfg = load_config(overrides=["outpaint.propagate=auto", "outpaint.propagation.radius=30",
+                                 "outpaint.propagation.features=orb", "outpaint.propagation.tolerance=1"])
+    motion, prop = params_from_config(cfg.outpaint.propagation)
+    assert cfg.outpaint.propagate == "auto" and prop.radius == 30 and motion.features == "orb"
+    with pytest.raises(ConfigError, match="outpaint.propagate"):
+        load_config(overrides=["outpaint.propagate=yes"])
+    with pytest.raises(ConfigError, match="min_agree"):
+        load_config(overrides=["outpaint.propagation.min_agree=6"])
+    with pytest.raises(ConfigError, match="outpaint.propagation.radius"):
+        load_config(overrides=["outpaint.propagation.radius=0"])
+
+
+def test_library_imports_without_opencv_and_asks_for_it():
+    code = (
+        "import sys; sys.modules['cv2'] = None\n"
+        "import motia.propagate as p, motia.config\n"
+        "try:\n"
+        "    p.estimate_motion(lambda i: None, 1)\n"
+        "except p.ConfigError as e:\n"
+        "    print('ERR', e)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    line = out.stdout.strip()
+    assert line.startswith("ERR outpaint.propagate needs OpenCV") and "pip install 'motia[propagate]'" in line
+    assert "\n" not in line
+    assert require_cv2() is cv2
