@@ -614,7 +614,8 @@ def release(components) -> None:
 
 
 def adapt_from_config(
-    cfg: JobConfig, resume: bool = False, *, progress: bool = True, models=None
+    cfg: JobConfig, resume: bool = False, *, progress: bool = True, models=None,
+    callback: Callable[[dict], None] | None = None,
 ) -> Path:
     """`motia adapt`: read the clip, load the models, train; returns the adapter path.
 
@@ -623,7 +624,7 @@ def adapt_from_config(
     are loaded on the accelerator's device (under ``accelerate launch`` that is the
     launcher's choice), or taken from ``models`` (a ``motia.job.ModelCache``) and
     handed back there released (``release``) for the next stage. Output:
-    ``adapt.output_dir`` or ``<run dir>/adapter``.
+    ``adapt.output_dir`` or ``<run dir>/adapter``. ``callback`` observes every step (see ``adapt``).
     """
     from motia.caption import resolve_prompt
     from motia.job import load_clip
@@ -640,7 +641,8 @@ def adapt_from_config(
         components = models.get(cfg.models, device=accelerator.device, progress=progress)
     out_dir = Path(cfg.adapt.output_dir) if cfg.adapt.output_dir else cfg.run_dir() / "adapter"
     try:
-        return adapt(cfg, components, clip, out_dir, accelerator=accelerator, resume=resume, progress=progress)
+        return adapt(cfg, components, clip, out_dir, accelerator=accelerator, resume=resume, progress=progress,
+                     callback=callback)
     finally:
         if models is not None:
             release(components)

@@ -268,8 +268,10 @@ def find_adapter(key: str, cache: str | os.PathLike | None = None) -> Path | Non
 
 
 def train_adapter(cfg: JobConfig, clip, key: str, cache: str | os.PathLike | None = None, progress: bool = False,
-                  models=None) -> Path:  # fmt: skip
-    """Adapt (``motia.adapt.adapt_from_config``) into a temporary folder in the cache, then rename it to ``key``."""
+                  models=None, callback=None) -> Path:  # fmt: skip
+    """Adapt (``motia.adapt.adapt_from_config``) into a temporary folder in the cache, then rename it to ``key``.
+
+    ``callback`` observes every training step (``motia.adapt.adapt``)."""
     from motia import adapt as adapt_mod
 
     root = adapter_cache_dir(cache)
@@ -278,7 +280,8 @@ def train_adapter(cfg: JobConfig, clip, key: str, cache: str | os.PathLike | Non
     try:
         data = cfg.to_dict()
         data["adapt"]["output_dir"] = str(tmp)
-        adapt_mod.adapt_from_config(JobConfig.model_validate(data), progress=progress, models=models)
+        adapt_mod.adapt_from_config(JobConfig.model_validate(data), progress=progress, models=models,
+                                    callback=callback)
         if not (tmp / adapt_mod.ADAPTER_FILE).is_file():
             raise MotiaError(f"adaptation finished without writing {tmp / adapt_mod.ADAPTER_FILE}")
         # Checkpoints and cached latents only serve a resume of this run: not worth keeping.
