@@ -461,7 +461,8 @@ def build_ui(app: App):
                                        type="filepath", format="png", interactive=False, height=320,
                                        elem_id="preview")  # fmt: skip
                 estimate = gr.Markdown("Upload a clip, or press **Use the sample clip**.", elem_id="estimate")
-                status = gr.Markdown(elem_id="status")
+                # Tall enough that Adapt's progress bar (step, loss, time left) reads well over it.
+                status = gr.Markdown(elem_id="status", min_height=110, container=True, padding=True)
         with gr.Row():
             result = gr.Video(label="Outpainted", interactive=False, elem_id="result")
             compare = gr.Video(label="Side by side: the source on the canvas | the result", interactive=False,

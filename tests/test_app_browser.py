@@ -70,8 +70,9 @@ def test_page_loads_sample_clip_and_preview_appear(app_server, browser, tmp_path
 
     # The whole page in one picture: grow the window to the page's height first.
     for _ in range(2):  # the first resize can reflow the page
-        height = browser.execute_script("return document.documentElement.scrollHeight")
-        browser.set_window_size(1280, min(max(height, 800), 2400))
+        height, chrome = browser.execute_script(
+            "return [document.documentElement.scrollHeight, window.outerHeight - window.innerHeight]")
+        browser.set_window_size(1280, min(max(height, 800), 2400) + chrome)
     shot = tmp_path / "app.png"
     assert browser.save_screenshot(str(shot))
     target = os.environ.get("MOTIA_APP_SCREENSHOT")
