@@ -14,6 +14,7 @@ extra ``motia[app]``, imported by those two only, so the library imports without
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -213,9 +214,10 @@ class App:
         The page hands over gradio's temporary copy of an upload, which gradio deletes
         after a day; the run folder's copy keeps the file name, so the run folder stays the same.
         """
+        from motia.job import video_path
         from motia.utils import atomic_path
 
-        src = Path(cfg.video.path).resolve()
+        src = video_path(cfg).resolve()
         dest = (cfg.run_dir() / src.name).resolve()
         if src != dest:
             same = dest.is_file() and (dest.stat().st_size, dest.stat().st_mtime_ns) == (src.stat().st_size,
@@ -281,21 +283,16 @@ class App:
             summary = outpaint_from_config(cfg, lora=str(adapter), progress=False, models=self.models, callback=track)
         return {**summary, "adapter": str(adapter), "key": key, "steps": track.step, "total": track.total}
 
+    @contextlib.contextmanager
     def _models_on_failure(self):
         """Drop the loaded models after an internal failure (they may be half-changed); keep them for bad input."""
-        import contextlib
-
-        @contextlib.contextmanager
-        def guard():
-            try:
-                yield
-            except MotiaError:
-                raise
-            except Exception:
-                self.models.clear()
-                raise
-
-        return guard()
+        try:
+            yield
+        except MotiaError:
+            raise
+        except Exception:
+            self.models.clear()
+            raise
 
 
 def _show(path: Path) -> str:
