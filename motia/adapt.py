@@ -726,7 +726,8 @@ def release(components) -> None:
 
 
 def adapt_from_config(
-    cfg: JobConfig, resume: bool = False, *, progress: bool = True, models=None, accelerator=None, solo: bool = False
+    cfg: JobConfig, resume: bool = False, *, progress: bool = True, models=None, accelerator=None, solo: bool = False,
+    callback: Callable[[dict], None] | None = None,
 ) -> Path:
     """`motia adapt`: read the clip, load the models, train; returns the adapter path.
 
@@ -736,7 +737,7 @@ def adapt_from_config(
     launcher's choice), or taken from ``models`` (a ``motia.job.ModelCache``) and
     handed back there released (``release``) for the next stage. Output:
     ``adapt.output_dir`` or ``<run dir>/adapter``. ``accelerator`` (default
-    ``make_accelerator(cfg)``) and ``solo`` are passed to ``adapt``.
+    ``make_accelerator(cfg)``) and ``solo`` are passed to ``adapt``; ``callback`` observes every step (see ``adapt``).
     """
     from motia.caption import resolve_prompt
     from motia.job import load_clip
@@ -754,7 +755,7 @@ def adapt_from_config(
     out_dir = Path(cfg.adapt.output_dir) if cfg.adapt.output_dir else cfg.run_dir() / "adapter"
     try:
         return adapt(cfg, components, clip, out_dir, accelerator=accelerator, solo=solo, resume=resume,
-                     progress=progress)
+                     progress=progress, callback=callback)
     finally:
         if models is not None:
             release(components)

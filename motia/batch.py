@@ -273,9 +273,9 @@ def find_adapter(key: str, cache: str | os.PathLike | None = None) -> Path | Non
 
 
 def train_adapter(cfg: JobConfig, clip, key: str, cache: str | os.PathLike | None = None, progress: bool = False,
-                  models=None, accelerator=None) -> Path:  # fmt: skip
+                  models=None, accelerator=None, callback=None) -> Path:  # fmt: skip
     """Adapt (``motia.adapt.adapt_from_config``, this process alone) into a temporary folder in the cache, then
-    rename it to ``key``."""
+    rename it to ``key``. ``callback`` observes every training step (``motia.adapt.adapt``)."""
     from motia import adapt as adapt_mod
 
     root = adapter_cache_dir(cache)
@@ -285,7 +285,7 @@ def train_adapter(cfg: JobConfig, clip, key: str, cache: str | os.PathLike | Non
         data = cfg.to_dict()
         data["adapt"]["output_dir"] = str(tmp)
         adapt_mod.adapt_from_config(JobConfig.model_validate(data), progress=progress, models=models,
-                                    accelerator=accelerator, solo=True)  # fmt: skip
+                                    accelerator=accelerator, solo=True, callback=callback)  # fmt: skip
         if not (tmp / adapt_mod.ADAPTER_FILE).is_file():
             raise MotiaError(f"adaptation finished without writing {tmp / adapt_mod.ADAPTER_FILE}")
         (tmp / adapt_mod.LATENTS_FILE).unlink(missing_ok=True)  # it only serves a resume of this run

@@ -1,4 +1,4 @@
-"""The `motia` command: info, preview, adapt, outpaint, demo, batch, eval, adapters.
+"""The `motia` command: info, preview, adapt, outpaint, run, demo, batch, eval, adapters, app.
 
 Errors from bad input are one line (``error: ...``) with exit code 2; ``--debug``
 shows the traceback. Heavy libraries are imported inside the verbs, so
@@ -81,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="eval YAML (see configs/eval_example.yaml)")
     _add_debug(p)
 
+    p = sub.add_parser("app", help="the local web app: preview, adapt, outpaint and compare in a browser")
+    _add_config(p, required=False)
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=None, help="port (default: 7860, or the next free one)")
+
     p = sub.add_parser("adapters", help="manage the adapter cache")
     asub = p.add_subparsers(dest="adapters_verb", metavar="ACTION")
     a = asub.add_parser("list", help="list cached adapters")
@@ -134,6 +139,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .evaluate import eval_from_file
 
         eval_from_file(args.config)
+        return 0
+    if args.verb == "app":
+        from .app import launch
+
+        config, overrides = args.config, list(args.overrides)
+        if config is not None and "=" in config and not Path(config).exists():  # only overrides were given
+            config, overrides = None, [config, *overrides]
+        launch(config, overrides, host=args.host, port=args.port)
         return 0
     if args.verb == "adapters":
         from . import batch

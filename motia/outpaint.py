@@ -289,6 +289,7 @@ def outpaint(
     generator: torch.Generator | None = None,
     progress: bool = True,
     sink: Callable[[torch.Tensor], None] | None = None,
+    callback: Callable[[dict], None] | None = None,
 ) -> OutpaintResult:
     """Outpaint ``clip`` (a motia.video.Clip) onto the canvas the config plans, with an optional adapted LoRA.
 
@@ -299,7 +300,8 @@ def outpaint(
     window attention, RAU-Net and the speed switches (channels-last, compile) are
     installed for the sampling only and removed again, so ``components`` are
     unchanged afterwards. ``sink`` receives each decoded chunk
-    (n, 3, H, W) instead of the result keeping all frames.
+    (n, 3, H, W) instead of the result keeping all frames. ``callback({"step", "total"})``
+    observes every denoising move (regret repeats count; ``total`` is all of them).
     """
     from motia.geometry import known_mask, latent_known_mask, paste_known, place_on_canvas
     from motia.geometry import control_video as make_control
@@ -371,6 +373,8 @@ def outpaint(
 
         def on_move(i: int, total: int, x: torch.Tensor) -> None:
             bar.set_postfix_str(f"step {i + 1}/{total}")
+            if callback is not None:
+                callback({"step": i + 1, "total": total})
 
         latents = sample(
             denoise, latents, scheduler.timesteps, scheduler.alphas_cumprod,
@@ -460,7 +464,8 @@ def write_outputs(cfg: JobConfig, clip, result: OutpaintResult, run_dir: Path) -
 
 
 def outpaint_from_config(
-    cfg: JobConfig, lora: str | os.PathLike | None = None, *, progress: bool = True, models=None
+    cfg: JobConfig, lora: str | os.PathLike | None = None, *, progress: bool = True, models=None,
+    callback: Callable[[dict], None] | None = None,
 ) -> dict:
     """`motia outpaint`: read the clip, load the models, outpaint, write the outputs; return the run summary.
 
@@ -468,7 +473,8 @@ def outpaint_from_config(
     model loads, so bad input fails fast and writes nothing. Outputs go to
     ``cfg.run_dir()``: outpaint.mp4 (with the source's audio for the frames used),
     optional outpaint.gif and frames/, side_by_side.mp4, config.yaml, summary.json.
-    ``models`` (a ``motia.job.ModelCache``) reuses models already loaded in this process.
+    ``models`` (a ``motia.job.ModelCache``) reuses models already loaded in this process;
+    ``callback`` observes the sampling steps (see ``outpaint``).
     """
     from motia.config import dump_config
     from motia.job import load_clip, plan
@@ -490,7 +496,8 @@ def outpaint_from_config(
         components = models.get(cfg.models, progress=progress)
     t_loaded = time.perf_counter()
     generator = torch.Generator("cpu").manual_seed(cfg.seed)
-    result = outpaint(cfg, components, clip, lora_path=lora, generator=generator, progress=progress)
+    result = outpaint(cfg, components, clip, lora_path=lora, generator=generator, progress=progress,
+                      callback=callback)
 
     run_dir = cfg.run_dir()
     outputs = write_outputs(cfg, clip, result, run_dir)

@@ -21,3 +21,60 @@ def tiny_bundle():
     from motia.models.tiny import ensure_tiny_bundle
 
     return ensure_tiny_bundle()
+
+
+# `motia app` on the tiny config, small enough that adapt + outpaint take seconds.
+APP_OVERRIDES = ["video.max_frames=8", "adapt.steps=2", "sample.steps=2", "sample.regret.repeats=0"]
+
+
+@pytest.fixture(scope="session")
+def app_server(tmp_path_factory):
+    """`motia app configs/tiny.yaml` served at 127.0.0.1 on a free port, in its own process.
+
+    Yields ``(url, folder)``: the server runs in ``folder``; outputs go to ``folder/outputs``, adapters to
+    ``folder/adapters``, gradio's uploads to ``folder/gradio``; the server's log is
+    ``folder/app.log``.
+    """
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    pytest.importorskip("gradio", reason='the app tests need gradio: pip install "motia[app]"')
+    folder = tmp_path_factory.mktemp("app")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # Started from its own folder as a user would, with the repo's configs/ beside it: the page then shows
+    # short paths (configs/tiny.yaml, outputs/...), also in the README's screenshot.
+    (folder / "configs").symlink_to(Path(__file__).resolve().parent.parent / "configs", target_is_directory=True)
+    env = {**os.environ, "MOTIA_ADAPTERS": str(folder / "adapters"), "GRADIO_TEMP_DIR": str(folder / "gradio"),
+           "GRADIO_ANALYTICS_ENABLED": "False"}  # fmt: skip
+    cmd = [sys.executable, "-m", "motia", "app", "configs/tiny.yaml", "--host", "127.0.0.1", "--port", str(port),
+           *APP_OVERRIDES, "output.dir=outputs"]  # fmt: skip
+    log = open(folder / "app.log", "w")
+    proc = subprocess.Popen(cmd, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"motia app exited with {proc.returncode}:\n{(folder / 'app.log').read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(url + "/config", timeout=5):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"motia app did not answer in 120 s:\n{(folder / 'app.log').read_text()[-3000:]}")
+                time.sleep(0.5)
+        yield url, folder
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()

@@ -17,7 +17,7 @@ def test_help_lists_the_verbs(capsys):
         main(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for verb in ("info", "preview", "adapt", "outpaint", "demo", "batch", "eval", "adapters"):
+    for verb in ("info", "preview", "adapt", "outpaint", "demo", "batch", "eval", "adapters", "app"):
         assert verb in out
 
 

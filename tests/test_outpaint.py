@@ -208,6 +208,16 @@ def test_noise_regret_off_is_the_plain_loop(baseline, clip_file, components):
     assert (on.frames - off.frames).abs().max() > 1e-4
 
 
+def test_callback_observes_every_denoising_move(baseline, clip_file, components):
+    seen = []
+    regret = ["video.max_frames=7", "sample.regret.jump=1", "sample.regret.fraction=1.0", "sample.regret.repeats=1"]
+    result = run(make_cfg(clip_file, *regret), components, callback=seen.append)
+    assert seen == [{"step": i, "total": 3} for i in (1, 2, 3)] and result.work["model_moves"] == 3
+    seen.clear()
+    assert torch.equal(run(baseline[0], components, callback=seen.append).frames, baseline[1].frames)  # it only observes
+    assert seen == [{"step": 1, "total": 2}, {"step": 2, "total": 2}]
+
+
 def test_guidance_only_on_the_configured_steps(clip_file, components):
     batches = {"unet": [], "controlnet": []}
 

@@ -1,0 +1,500 @@
+"""The local web app (`motia app`): pick a clip and a canvas, preview, adapt, outpaint and compare in a browser.
+
+It runs the CLI's library calls: ``job.preview`` and ``job.work_estimate`` for the
+instant preview; ``batch``'s adapter cache and ``adapt.adapt_from_config`` for the
+adapter (a cache hit skips training, and ``motia batch`` shares the entries);
+``outpaint.outpaint_from_config`` for the result; all on one ``job.ModelCache``, so the
+models load once per process. Outputs land in the config's run folder
+(``<output.dir>/<clip stem>/``), where the CLI looks too.
+
+``App`` is the logic and knows nothing about gradio (tests drive it directly);
+``build_ui`` lays the page out on it and ``launch`` serves it. gradio is the optional
+extra ``motia[app]``, imported by those two only, so the library imports without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Callable, Sequence
+
+from motia.config import JobConfig, apply_overrides, load_raw, validate
+from motia.errors import ConfigError, InputError, MotiaError
+
+log = logging.getLogger(__name__)
+
+CANVAS_MODES = ("sides", "aspect", "target size")
+ASPECTS = ("16:9", "9:16", "1:1", "4:3")
+WINDOW_ATTENTION = {"auto": "auto", "on": True, "off": False}  # page choice -> sample.window_attention.enabled
+INSTALL_HINT = 'pip install "motia[app]"'
+
+Report = Callable[[float, str], None]  # (fraction done, one line of text)
+# A small canvas (the tiny config's is 144 px wide) is scaled up to the preview box, in sharp pixels.
+CSS = "#preview img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }"
+
+
+@dataclass
+class Choices:
+    """What the page sets. Everything else comes from the config the app was started with."""
+
+    video: str | None = None  # a video file (an upload, or the bundled sample)
+    canvas: str = "sides"  # one of CANVAS_MODES
+    left: float = 0.0  # sides: fractions of the source width / height
+    right: float = 0.0
+    top: float = 0.0
+    bottom: float = 0.0
+    aspect: str = "16:9"  # aspect: width:height
+    height: int = 0  # target size in pixels (0 = not set)
+    width: int = 0
+    prompt: str = ""
+    auto_caption: bool = False  # prompt: auto (a BLIP caption of the middle frame)
+    seed: int = 0
+    steps: int = 25  # sample.steps
+    guidance: float = 7.5  # sample.guidance_scale
+    k: float = 2.0  # sample.insertion.k
+    regret: int = 4  # sample.regret.repeats
+    window_attention: str = "auto"  # one of WINDOW_ATTENTION
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+def format_seconds(seconds: float) -> str:
+    """1:05, or 1:02:03 past an hour."""
+    s = max(0, int(round(seconds)))
+    h, m, s = s // 3600, s % 3600 // 60, s % 60
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class StepReport:
+    """A stage's per-step callback turned into one progress line: ``adapt 12/60 · loss 0.1234 · 0:45 left``.
+
+    The time left comes from the pace since the first reported step, so model loading
+    and latent encoding before it do not inflate it; there is none before a second step.
+    """
+
+    def __init__(self, label: str, total: int | None, report: Report | None = None,
+                 clock: Callable[[], float] = time.perf_counter):  # fmt: skip
+        self.label, self.total, self.report, self.clock = label, total, report, clock
+        self.step, self.loss, self.line = 0, None, ""
+        self._first: tuple[int, float] | None = None
+
+    def __call__(self, info: dict) -> None:
+        self.step = int(info["step"])
+        self.total = int(info.get("total", self.total or self.step))
+        self.loss = info.get("loss", self.loss)
+        now = self.clock()
+        if self._first is None:
+            self._first = (self.step, now)
+        parts = [f"{self.label} {self.step}/{self.total}"]
+        if self.loss is not None:
+            parts.append(f"loss {self.loss:.4f}")
+        first_step, first_time = self._first
+        if self.step > first_step:
+            left = (now - first_time) / (self.step - first_step) * (self.total - self.step)
+            parts.append(f"{format_seconds(left)} left")
+        self.line = " · ".join(parts)
+        if self.report is not None:
+            self.report(self.step / max(1, self.total), self.line)
+
+
+class App:
+    """The app's state: the config it was started with, the loaded models, the last clip read.
+
+    Methods take the page's ``Choices`` and raise ``MotiaError`` with the CLI's one-line
+    messages for bad input. ``adapt`` and ``outpaint`` must not run at the same time
+    (the page queues them one at a time): they share the loaded models.
+    """
+
+    def __init__(self, config: str | os.PathLike | None = None, overrides: Sequence[str] = ()):
+        from motia.job import REPO_CONFIGS, ModelCache
+
+        self.config_path = Path(config) if config is not None else REPO_CONFIGS / "tiny.yaml"
+        self.data = apply_overrides(load_raw(self.config_path), list(overrides))
+        self.source = str(self.config_path)
+        self.base = validate(self.data, self.source)  # a bad config or override fails at start, not on first use
+        self.models = ModelCache()
+        self._clip_lock = threading.Lock()
+        self._clip_key = self._clip = None
+
+    # --- what the page starts with and shows about the setup
+
+    def defaults(self) -> Choices:
+        """The page's initial choices, from the config (its canvas mode, prompt, seed, sampling options)."""
+        c, o, s = self.base, self.base.outpaint, self.base.sample
+        ch = Choices(prompt="" if c.prompt == "auto" else c.prompt, auto_caption=c.prompt == "auto", seed=c.seed,
+                     steps=s.steps, guidance=s.guidance_scale, k=s.insertion.k, regret=s.regret.repeats,
+                     window_attention={True: "on", False: "off"}.get(s.window_attention.enabled, "auto"))  # fmt: skip
+        if o.target_size:
+            ch.canvas, (ch.height, ch.width) = "target size", o.target_size
+        elif o.aspect is not None:
+            ch.canvas, ch.aspect = "aspect", str(o.aspect)
+        else:
+            ch.left, ch.right, ch.top, ch.bottom = o.left, o.right, o.top, o.bottom
+        return ch
+
+    def is_tiny(self) -> bool:
+        m = self.base.models
+        return all(str(v).startswith("tiny:") for v in (m.base, m.controlnet, m.motion_adapter))
+
+    def adapters_dir(self) -> Path:
+        from motia.batch import adapter_cache_dir
+
+        return adapter_cache_dir()
+
+    def allowed_paths(self) -> list[str]:
+        """Folders the page may serve files from: the outputs, the adapter cache, the bundled sample."""
+        from motia.video import sample_clip_path
+
+        return [str(Path(self.base.output.dir).resolve()), str(self.adapters_dir().resolve()),
+                str(sample_clip_path().parent)]  # fmt: skip
+
+    def banner(self) -> str:
+        """Markdown: the config, the models, where outputs and adapters go."""
+        m = self.base.models
+        if self.is_tiny():
+            models = ("the tiny random bundle: shows the pipeline on a CPU in seconds, not pretty pictures "
+                      "(real weights: `motia app configs/base.yaml`)")  # fmt: skip
+        else:
+            models = f"`{m.base}` + ControlNet `{m.controlnet}` + motion module `{m.motion_adapter}` ({m.device})"
+        return (
+            f"**Config** `{_show(self.config_path)}` · **models** {models}  \n"
+            f"**Outputs** `{_show(Path(self.base.output.dir) / '<clip name>')}/` · "
+            f"**adapters** `{_show(self.adapters_dir())}` · one job at a time: Adapt and Outpaint wait in line."
+        )
+
+    # --- the job config of a choice
+
+    def config(self, ch: Choices) -> JobConfig:
+        """The app's config with the page's clip, canvas and sampling choices; ConfigError names a bad key."""
+        if not ch.video:
+            raise InputError("no clip: upload a video, or press 'Use the sample clip'")
+        data = copy.deepcopy(self.data)
+        data.setdefault("video", {})["path"] = str(ch.video)
+        multiple = (data.get("outpaint") or {}).get("multiple")
+        data["outpaint"] = {**_canvas(ch), **({"multiple": multiple} if multiple is not None else {})}
+        data["prompt"] = "auto" if ch.auto_caption else (ch.prompt or "")
+        data["seed"] = _int(ch.seed, "seed")
+        s = data.setdefault("sample", {})
+        s["steps"] = _int(ch.steps, "sample.steps")
+        s["guidance_scale"] = float(ch.guidance)
+        s["insertion"] = {**(s.get("insertion") or {}), "k": float(ch.k)}
+        s["regret"] = {**(s.get("regret") or {}), "repeats": _int(ch.regret, "sample.regret.repeats")}
+        if ch.window_attention not in WINDOW_ATTENTION:
+            raise ConfigError(f"window attention {ch.window_attention!r}: use one of {', '.join(WINDOW_ATTENTION)}")
+        s["window_attention"] = {**(s.get("window_attention") or {}), "enabled": WINDOW_ATTENTION[ch.window_attention]}
+        return validate(data, self.source)
+
+    def clip(self, cfg: JobConfig):
+        """The config's frames (``job.load_clip``), kept while file and ``video`` section stay the same."""
+        from motia.job import load_clip, video_path
+
+        path = video_path(cfg)
+        try:
+            st = path.stat()
+        except OSError:
+            st = None
+        key = (str(path), st and st.st_size, st and st.st_mtime_ns, cfg.video.model_dump_json())
+        with self._clip_lock:
+            if key != self._clip_key:
+                self._clip, self._clip_key = load_clip(cfg), key
+            return self._clip
+
+    def keep_clip(self, cfg: JobConfig) -> JobConfig:
+        """The config with its clip copied into the run folder (once), so its ``config.yaml`` reruns later.
+
+        The page hands over gradio's temporary copy of an upload, which gradio deletes
+        after a day; the run folder's copy keeps the file name, so the run folder stays the same.
+        """
+        from motia.job import video_path
+        from motia.utils import atomic_path
+
+        src = video_path(cfg).resolve()
+        dest = (cfg.run_dir() / src.name).resolve()
+        if src != dest:
+            same = dest.is_file() and (dest.stat().st_size, dest.stat().st_mtime_ns) == (src.stat().st_size,
+                                                                                         src.stat().st_mtime_ns)
+            if not same:
+                with atomic_path(dest) as tmp:
+                    shutil.copy2(src, tmp)
+        return cfg.model_copy(update={"video": cfg.video.model_copy(update={"path": str(dest)})})
+
+    # --- the three actions
+
+    def preview(self, ch: Choices) -> tuple[Path, str]:
+        """``motia preview`` (the PNG in the run folder) and the work estimate as Markdown."""
+        from motia import job
+
+        cfg = self.config(ch)
+        clip = self.clip(cfg)
+        canvas = job.plan(cfg, clip.height, clip.width)
+        work = job.work_estimate(cfg, clip.num_frames, canvas)
+        png = job.preview(self.keep_clip(cfg))
+        return png, estimate_text(cfg, clip, canvas, work)
+
+    def _resolved(self, ch: Choices):
+        """The config with ``prompt: auto`` captioned, the clip, and the clip's adapter-cache key."""
+        from motia.batch import adapter_key
+        from motia.caption import resolve_prompt
+
+        cfg = self.config(ch)
+        clip = self.clip(cfg)  # read (and so checked) before it is kept
+        cfg = self.keep_clip(cfg)
+        prompt = resolve_prompt(cfg, clip)
+        if prompt != cfg.prompt:
+            cfg = cfg.model_copy(update={"prompt": prompt})
+        return cfg, clip, adapter_key(cfg, clip)
+
+    def adapt(self, ch: Choices, report: Report | None = None) -> dict:
+        """The clip's adapter: from the adapter cache when these frames, prompt, seed and recipe were adapted
+        before (``cached: True``), else trained now (``report`` sees every step)."""
+        from motia.batch import find_adapter, train_adapter
+
+        cfg, clip, key = self._resolved(ch)
+        found = find_adapter(key)
+        if found is not None:
+            return {"adapter": found, "key": key, "cached": True, "prompt": cfg.prompt}
+        track = StepReport("adapt", cfg.adapt.steps, report)
+        start = time.perf_counter()
+        with self._models_on_failure():
+            path = train_adapter(cfg, clip, key, models=self.models, callback=track)
+        return {"adapter": path, "key": key, "cached": False, "prompt": cfg.prompt, "steps": track.step,
+                "total": track.total, "loss": track.loss, "seconds": time.perf_counter() - start}  # fmt: skip
+
+    def outpaint(self, ch: Choices, report: Report | None = None) -> dict:
+        """Outpaint with the clip's cached adapter into the run folder; ``outpaint_from_config``'s summary."""
+        from motia.batch import find_adapter
+        from motia.outpaint import outpaint_from_config
+
+        cfg, _, key = self._resolved(ch)
+        adapter = find_adapter(key)
+        if adapter is None:
+            raise InputError("no adapter for this clip, prompt, seed and adaptation recipe yet: press Adapt first")
+        track = StepReport("outpaint", None, report)
+        with self._models_on_failure():
+            summary = outpaint_from_config(cfg, lora=str(adapter), progress=False, models=self.models, callback=track)
+        return {**summary, "adapter": str(adapter), "key": key, "steps": track.step, "total": track.total}
+
+    @contextlib.contextmanager
+    def _models_on_failure(self):
+        """Drop the loaded models after an internal failure (they may be half-changed); keep them for bad input."""
+        try:
+            yield
+        except MotiaError:
+            raise
+        except Exception:
+            self.models.clear()
+            raise
+
+
+def _show(path: Path) -> str:
+    """A path as the person who started the app would write it: relative to the working folder when inside it."""
+    path = Path(path).expanduser()
+    try:
+        return str(path.absolute().relative_to(Path.cwd()))
+    except ValueError:
+        home = Path.home()
+        return str(path) if not path.is_relative_to(home) else str(Path("~") / path.relative_to(home))
+
+
+def _int(value, key: str) -> int:
+    """A whole number from a page field (sliders and number boxes may send 8.0); ConfigError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
+        raise ConfigError(f"{key}: give a whole number, got {value!r}")
+    return int(value)
+
+
+def _canvas(ch: Choices) -> dict:
+    """The ``outpaint`` keys of the page's canvas mode (the modes are exclusive, as in a config)."""
+    if ch.canvas == "sides":
+        return {side: float(getattr(ch, side) or 0.0) for side in ("left", "right", "top", "bottom")}
+    if ch.canvas == "aspect":
+        return {"aspect": str(ch.aspect)}
+    if ch.canvas == "target size":
+        if not ch.height or not ch.width:
+            raise ConfigError("outpaint.target_size: give the canvas height and width in pixels")
+        return {"target_size": [_int(ch.height, "outpaint.target_size"), _int(ch.width, "outpaint.target_size")]}
+    raise ConfigError(f"canvas mode {ch.canvas!r}: use one of {', '.join(CANVAS_MODES)}")
+
+
+def estimate_text(cfg: JobConfig, clip, canvas, work: dict) -> str:
+    """The work estimate as two lines of Markdown (``motia info``'s numbers)."""
+    e = canvas.expansion
+    added = ", ".join(f"{side} {px}" for side, px in e.items() if px) or "nothing"
+    guided = f" ({work['guided_calls']} guided)" if work["guided_calls"] else ""
+    return (
+        f"**Canvas** {canvas.height} × {canvas.width} px (source {clip.height} × {clip.width}; adds {added}) · "
+        f"**frames** {work['frames']} · **windows** {work['windows']}  \n"
+        f"**Adapt** {cfg.adapt.steps} steps on {min(cfg.adapt.frames, work['frames'])}-frame windows · "
+        f"**Outpaint** {work['steps']} steps, {work['unet_calls']} UNet calls{guided}"
+    )
+
+
+def adapt_text(result: dict) -> str:
+    key = f"`{result['key']}`"
+    if result["cached"]:
+        return f"**Adapter cache hit** {key}: adapted before with these frames, prompt, seed and recipe; no training."
+    loss = f", final loss {result['loss']:.4f}" if result.get("loss") is not None else ""
+    return (f"**Adapter trained** {key}: {result['steps']}/{result['total']} steps in "
+            f"{format_seconds(result['seconds'])}{loss}.")  # fmt: skip
+
+
+def outpaint_text(summary: dict) -> str:
+    c = summary["canvas"]
+    run_dir = Path(summary["outputs"]["config"]).parent
+    return (f"**Outpainted** {summary['frames']} frames at {c['height']} × {c['width']}: "
+            f"{summary['steps']}/{summary['total']} denoising steps in {format_seconds(summary['time_s'])}; "
+            f"files in `{run_dir}`. Prompt: {summary['prompt']!r}.")  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- the page
+
+
+def require_gradio():
+    """The gradio module, or a MotiaError saying how to install it."""
+    try:
+        import gradio
+    except ImportError:
+        raise MotiaError(f"motia app needs gradio, an optional extra: {INSTALL_HINT}") from None
+    major = int(str(gradio.__version__).split(".")[0])
+    if major < 6:
+        raise MotiaError(f"motia app needs gradio 6 (found {gradio.__version__}): pip install -U \"motia[app]\"")
+    return gradio
+
+
+def build_ui(app: App):
+    """The page (a ``gradio.Blocks``) on ``app``: clip, canvas, options, preview, Adapt, Outpaint, results."""
+    gr = require_gradio()
+    from motia.video import sample_clip_path
+
+    d = app.defaults()
+
+    def guarded(action: Callable):
+        """Bad input -> the CLI's ``error: ...`` line in the page; the app keeps serving."""
+
+        def run(*args):
+            try:
+                return action(*args)
+            except MotiaError as e:
+                log.warning("error: %s", e)
+                raise gr.Error(f"error: {e}", duration=None, print_exception=False) from None
+            except Exception as e:  # an internal failure: say so, the terminal has the traceback
+                log.exception("internal failure")
+                raise gr.Error(f"error: internal {type(e).__name__}: {e} (see the terminal running motia app)",
+                               duration=None, print_exception=False) from None  # fmt: skip
+
+        return run
+
+    def progress_of(progress) -> Report:
+        return lambda fraction, text: progress(fraction, desc=text)
+
+    def preview(**values):
+        if not values.get("video"):
+            return None, "Upload a clip, or press **Use the sample clip**."
+        png, text = guarded(app.preview)(Choices(**values))
+        return str(png), text
+
+    def adapt(progress=gr.Progress(), **values):
+        progress(0, desc="adapt: reading the clip, loading the models")
+        result = guarded(app.adapt)(Choices(**values), progress_of(progress))
+        return adapt_text(result), [str(result["adapter"])]
+
+    def outpaint(progress=gr.Progress(), **values):
+        progress(0, desc="outpaint: reading the clip, loading the models")
+        summary = guarded(app.outpaint)(Choices(**values), progress_of(progress))
+        out = summary["outputs"]
+        files = [p for p in (out.get("mp4"), summary["adapter"], out.get("config")) if p]
+        return out.get("mp4"), out.get("side_by_side"), files, outpaint_text(summary)
+
+    def show_mode(mode):
+        return (gr.update(visible=mode == "sides"), gr.update(visible=mode == "aspect"),
+                gr.update(visible=mode == "target size"))  # fmt: skip
+
+    aspects = list(ASPECTS) + ([d.aspect] if d.aspect not in ASPECTS else [])
+    with gr.Blocks(title="motia", analytics_enabled=False, delete_cache=(3600, 86400)) as page:
+        gr.Markdown("## motia: video outpainting\n" + app.banner())
+        with gr.Row():
+            with gr.Column():
+                video = gr.Video(label="Clip", sources=["upload"], elem_id="clip", height=260)
+                use_sample = gr.Button("Use the sample clip", size="sm", elem_id="use-sample")
+                canvas = gr.Radio(list(CANVAS_MODES), value=d.canvas, label="Canvas", elem_id="canvas-mode",
+                                  info="sides: fractions of the source's width (left, right) and height (top, "
+                                       "bottom); aspect: width:height; target size: pixels")  # fmt: skip
+                with gr.Column(visible=d.canvas == "sides") as sides:
+                    side = {}
+                    for pair in (("left", "right"), ("top", "bottom")):
+                        with gr.Row():
+                            for name in pair:
+                                side[name] = gr.Slider(0, 2, value=getattr(d, name), step=0.05, label=name)
+                aspect = gr.Radio(aspects, value=d.aspect, label="Aspect (width:height)", visible=d.canvas == "aspect")
+                with gr.Row(visible=d.canvas == "target size") as size:
+                    height = gr.Number(d.height, label="height (px)", precision=0, minimum=0)
+                    width = gr.Number(d.width, label="width (px)", precision=0, minimum=0)
+                with gr.Accordion("Sampling options", open=False):
+                    prompt = gr.Textbox(d.prompt, label="Prompt")
+                    auto_caption = gr.Checkbox(d.auto_caption, label="Auto caption (BLIP) instead of the prompt")
+                    seed = gr.Number(d.seed, label="Seed", precision=0)
+                    steps = gr.Slider(1, max(100, d.steps), value=d.steps, step=1, label="Steps")
+                    guidance = gr.Slider(1, max(20, d.guidance), value=d.guidance, step=0.5,
+                                         label=f"Guidance (on the first {app.base.sample.guidance_steps} steps)")
+                    k = gr.Slider(0, max(8, d.k), value=d.k, step=0.1, label="LoRA fade K (0 = uniform)")
+                    regret = gr.Slider(0, max(8, d.regret), value=d.regret, step=1,
+                                       label="Noise regret repeats M (0 = off)")
+                    window_attention = gr.Radio(list(WINDOW_ATTENTION), value=d.window_attention,
+                                                label="Window attention (auto: long side > 1024 px)")
+                with gr.Row():
+                    adapt_btn = gr.Button("Adapt", variant="primary", elem_id="adapt")
+                    outpaint_btn = gr.Button("Outpaint", variant="primary", elem_id="outpaint")
+            with gr.Column():
+                preview_img = gr.Image(label="Preview: known box (green), LoRA strength (red = full, blue = none)",
+                                       type="filepath", format="png", interactive=False, height=320,
+                                       elem_id="preview")  # fmt: skip
+                estimate = gr.Markdown("Upload a clip, or press **Use the sample clip**.", elem_id="estimate")
+                # Tall enough that Adapt's progress bar (step, loss, time left) reads well over it.
+                status = gr.Markdown(elem_id="status", min_height=110, container=True, padding=True)
+        with gr.Row():
+            result = gr.Video(label="Outpainted", interactive=False, elem_id="result")
+            compare = gr.Video(label="Side by side: the source on the canvas | the result", interactive=False,
+                               elem_id="compare")  # fmt: skip
+        downloads = gr.File(label="Downloads", file_count="multiple", interactive=False, elem_id="downloads")
+
+        settings = dict(video=video, canvas=canvas, **side, aspect=aspect, height=height, width=width, prompt=prompt,
+                        auto_caption=auto_caption, seed=seed, steps=steps, guidance=guidance, k=k, regret=regret,
+                        window_attention=window_attention)  # fmt: skip
+        assert list(settings) == Choices.names()
+        use_sample.click(lambda: str(sample_clip_path()), outputs=video, api_name="sample")
+        canvas.change(show_mode, canvas, [sides, aspect, size], api_visibility="private", queue=False)
+        triggers = [video.change, canvas.change, aspect.change, height.submit, width.submit, height.blur, width.blur,
+                    *(s.release for s in side.values()), steps.release, guidance.release, k.release, regret.release,
+                    window_attention.change]  # fmt: skip
+        gr.on(triggers, preview, inputs_kwargs=settings, outputs=[preview_img, estimate], api_name="preview",
+              trigger_mode="always_last", concurrency_id="preview", concurrency_limit=2)  # fmt: skip
+        # One job at a time: both buttons share one queue slot (they share the loaded models).
+        adapt_btn.click(adapt, inputs_kwargs=settings, outputs=[status, downloads], api_name="adapt",
+                        concurrency_id="job", concurrency_limit=1)  # fmt: skip
+        outpaint_btn.click(outpaint, inputs_kwargs=settings, outputs=[result, compare, downloads, status],
+                           api_name="outpaint", concurrency_id="job", concurrency_limit=1)  # fmt: skip
+    return page
+
+
+def launch(config: str | os.PathLike | None = None, overrides: Sequence[str] = (), host: str = "127.0.0.1",
+           port: int | None = None, *, block: bool = True):  # fmt: skip
+    """`motia app`: serve the page on ``host:port`` (gradio's 7860 or the next free port when None).
+
+    ``block=False`` returns the running ``gradio.Blocks`` (close it with ``.close()``).
+    """
+    require_gradio()
+    app = App(config, overrides)
+    page = build_ui(app)
+    page.queue()
+    page.launch(server_name=host, server_port=port, allowed_paths=app.allowed_paths(), prevent_thread_lock=not block,
+                quiet=False, css=CSS)  # fmt: skip
+    return page

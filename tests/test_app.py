@@ -1,0 +1,229 @@
+"""The web app: `motia app` driven through gradio_client (preview, adapt, cache hit, outpaint, errors), its logic, its queue."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from motia.app import App, Choices, StepReport, format_seconds
+from motia.cli import main
+from motia.config import load_config
+from motia.errors import ConfigError, InputError
+from motia.job import REPO_CONFIGS
+from motia.video import probe_video, read_video, sample_clip_path
+
+TINY = str(REPO_CONFIGS / "tiny.yaml")
+
+
+def client(url, tmp_path):
+    gradio_client = pytest.importorskip("gradio_client")
+    return gradio_client.Client(url, verbose=False, analytics_enabled=False, download_files=str(tmp_path))
+
+
+def upload(path):
+    from gradio_client import handle_file
+
+    return handle_file(str(path))
+
+
+def app_error(call) -> str:
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError) as e:
+        call()
+    return str(e.value)
+
+
+# ----------------------------------------------------------------------------- through the served app
+
+
+def test_upload_preview_adapt_outpaint(app_server, tmp_path):
+    url, folder = app_server
+    c = client(url, tmp_path)
+    clip = upload(sample_clip_path())
+
+    png, estimate = c.predict(video=clip, api_name="/preview")
+    from PIL import Image
+
+    assert Image.open(png).size == (144, 64)  # the 96x64 clip with 0.25 of its width added on each side
+    assert "64 × 144" in estimate and "**frames** 8" in estimate
+    assert (folder / "outputs" / "sample" / "preview.png").is_file()  # where `motia preview` writes it
+
+    status, files = c.predict(video=clip, api_name="/adapt")
+    assert status.startswith("**Adapter trained**") and "2/2 steps" in status and "final loss" in status
+    assert [Path(f).name for f in files] == ["adapter.safetensors"]
+    status, _ = c.predict(video=clip, api_name="/adapt")  # same frames, prompt, seed, recipe: no training
+    assert status.startswith("**Adapter cache hit**")
+    assert len(list((folder / "adapters").glob("*/adapter.safetensors"))) == 1
+
+    mp4, side_by_side, files, status = c.predict(video=clip, api_name="/outpaint")
+    info = probe_video(mp4)
+    assert (info.num_frames, info.height, info.width) == (8, 64, 144)
+    assert read_video(mp4).frames.shape == (8, 3, 64, 144)
+    assert probe_video(side_by_side).num_frames == 8
+    assert [Path(f).name for f in files] == ["outpaint.mp4", "adapter.safetensors", "config.yaml"]
+    assert "2/2 denoising steps" in status
+    # The run folder the CLI uses holds the same outputs, and its config reproduces the run.
+    run = folder / "outputs" / "sample"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["frames"] == 8 and Path(summary["lora"]).parent.parent == folder / "adapters"
+    cfg = load_config(run / "config.yaml")
+    assert cfg.sample.steps == 2 and cfg.outpaint.left == 0.25
+    assert Path(cfg.video.path) == run / "sample.mp4"  # the upload, kept beside the outputs: the config reruns
+    assert (run / "sample.mp4").read_bytes() == sample_clip_path().read_bytes()
+
+
+def test_bad_input_shows_the_cli_message_and_the_app_keeps_serving(app_server, tmp_path, capsys):
+    url, _ = app_server
+    c = client(url, tmp_path)
+    bad = tmp_path / "corrupt.mp4"
+    bad.write_bytes(b"this is not a video " * 50)
+
+    msg = app_error(lambda: c.predict(video=upload(bad), api_name="/preview"))
+    assert main(["info", TINY, f"video.path={bad}"]) == 2
+    cli = capsys.readouterr().err.strip()
+
+    def shape(line: str):  # the app reads its own copy of the upload: compare all but the path
+        m = re.fullmatch(r"error: (.+?): cannot read video \((.*)\); check that it plays, or re-encode it to H.264 mp4",
+                         line)  # fmt: skip
+        assert m, line
+        return Path(m[1]).name, re.findall(r"(\w+): ", m[2].replace(m[1], ""))
+
+    assert "\n" not in msg and shape(msg) == shape(cli) == ("corrupt.mp4", shape(cli)[1])
+
+    msg = app_error(lambda: c.predict(video=upload(sample_clip_path()), left=0, right=0, api_name="/preview"))
+    assert msg == "error: outpaint: nothing to outpaint; set outpaint.left/right/top/bottom, outpaint.target_size " \
+                  "or outpaint.aspect"  # fmt: skip
+    msg = app_error(lambda: c.predict(video=upload(sample_clip_path()), seed=12345, api_name="/outpaint"))
+    assert msg.startswith("error: no adapter for this clip") and "press Adapt first" in msg
+
+    png, _ = c.predict(video=upload(sample_clip_path()), canvas="aspect", aspect="1:1", api_name="/preview")
+    from PIL import Image
+
+    assert Image.open(png).size == (96, 96)  # still serving
+
+
+# ----------------------------------------------------------------------------- the logic and the page, in process
+
+
+@pytest.fixture(scope="module")
+def app():
+    return App(TINY, ["video.max_frames=4"])
+
+
+@pytest.mark.parametrize(
+    "choice, size",
+    [
+        (dict(canvas="sides", left=0.25, right=0.25), (64, 144)),
+        (dict(canvas="sides", top=0.5), (96, 96)),
+        (dict(canvas="aspect", aspect="16:9"), (64, 120)),  # 113.8 wide, rounded up to a multiple of 8
+        (dict(canvas="aspect", aspect="9:16"), (176, 96)),
+        (dict(canvas="aspect", aspect="1:1"), (96, 96)),
+        (dict(canvas="aspect", aspect="4:3"), (72, 96)),
+        (dict(canvas="target size", height=80, width=160), (80, 160)),
+    ],
+)
+def test_canvas_choices_make_the_configs_canvas(app, choice, size):
+    from motia.job import plan
+
+    cfg = app.config(Choices(video=str(sample_clip_path()), **choice))
+    clip = app.clip(cfg)
+    canvas = plan(cfg, clip.height, clip.width)
+    assert (canvas.height, canvas.width) == size
+
+
+def test_page_options_reach_the_config_and_the_rest_comes_from_it(app):
+    ch = Choices(video=str(sample_clip_path()), canvas="sides", left=0.5, prompt="a red car", seed=7, steps=3,
+                 guidance=5.0, k=0.5, regret=0, window_attention="on")  # fmt: skip
+    cfg = app.config(ch)
+    assert (cfg.prompt, cfg.seed, cfg.sample.steps, cfg.sample.guidance_scale) == ("a red car", 7, 3, 5.0)
+    assert (cfg.sample.insertion.k, cfg.sample.regret.repeats, cfg.sample.window_attention.enabled) == (0.5, 0, True)
+    assert cfg.video.max_frames == 4 and cfg.adapt.steps == 60 and cfg.sample.guidance_steps == 5  # config + override
+    assert app.config(Choices(**{**vars(ch), "auto_caption": True})).prompt == "auto"
+    d = app.defaults()
+    assert (d.canvas, d.left, d.right, d.steps, d.prompt) == ("sides", 0.25, 0.25, 8, "a sunny beach")
+
+
+@pytest.mark.parametrize(
+    "choice, needle",
+    [
+        (dict(video=None), "no clip"),
+        (dict(canvas="target size"), "outpaint.target_size: give the canvas height and width"),
+        (dict(canvas="target size", height=32, width=200), "outpaint.target_size"),  # smaller than the clip
+        (dict(canvas="aspect", aspect="wide"), "outpaint.aspect"),
+        (dict(steps=2.5), "sample.steps"),
+    ],
+)
+def test_bad_choices_are_one_line_errors(app, choice, needle):
+    from motia.job import plan
+
+    with pytest.raises((ConfigError, InputError)) as e:
+        cfg = app.config(Choices(**{"video": str(sample_clip_path()), **choice}))
+        plan(cfg, 64, 96)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_step_report_line_and_time_left():
+    now = [100.0]
+    seen = []
+    report = StepReport("adapt", 10, lambda f, text: seen.append((f, text)), clock=lambda: now[0])
+    report({"step": 1, "loss": 0.5, "lr": 1e-4})  # the first step carries the setup: no pace yet
+    now[0] = 104.0
+    report({"step": 3, "loss": 0.25, "lr": 1e-4})  # 2 s per step since step 1, 7 steps to go
+    assert seen == [(0.1, "adapt 1/10 · loss 0.5000"), (0.3, "adapt 3/10 · loss 0.2500 · 0:14 left")]
+    out = StepReport("outpaint", None)
+    out({"step": 2, "total": 17})
+    assert out.line == "outpaint 2/17" and out.total == 17
+    assert format_seconds(3723) == "1:02:03" and format_seconds(59.6) == "1:00"
+
+
+def test_one_job_at_a_time(app_server, tmp_path):
+    """Outpaint sent while Adapt trains waits for it (one job slot): it then finds the adapter Adapt made."""
+    import time
+
+    from gradio_client.utils import Status
+
+    url, _ = app_server
+    c = client(url, tmp_path)
+    settings = dict(video=upload(sample_clip_path()), seed=99)  # a seed no other test adapts with
+    adapt = c.submit(**settings, api_name="/adapt")
+    deadline = time.monotonic() + 60
+    while adapt.status().code not in (Status.PROCESSING, Status.PROGRESS, Status.FINISHED):
+        assert time.monotonic() < deadline, adapt.status()
+        time.sleep(0.05)
+    outpaint = c.submit(**settings, api_name="/outpaint")  # in parallel it would find no adapter and fail
+    assert adapt.result()[0].startswith("**Adapter trained**")
+    assert probe_video(outpaint.result()[0]).num_frames == 8
+
+
+def test_without_gradio_the_verb_says_how_to_install(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio -> ImportError
+    assert main(["app", TINY]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == 'error: motia app needs gradio, an optional extra: pip install "motia[app]"'
+
+
+@pytest.mark.parametrize(
+    "argv, want",
+    [
+        (["app"], (None, [], "127.0.0.1", None)),
+        (["app", "sample.steps=3", "--port", "9000"], (None, ["sample.steps=3"], "127.0.0.1", 9000)),
+        (["app", TINY, "seed=2", "--host", "0.0.0.0"], (TINY, ["seed=2"], "0.0.0.0", None)),
+    ],
+)
+def test_app_verb_arguments(monkeypatch, argv, want):
+    import motia.app
+
+    got = []
+    monkeypatch.setattr(motia.app, "launch", lambda config, overrides, host, port: got.append((config, overrides,
+                                                                                                host, port)))  # fmt: skip
+    assert main(argv) == 0 and got == [want]
+
+
+def test_library_imports_without_gradio():
+    code = "import sys; sys.modules['gradio'] = None; import motia.app, motia.cli; print('ok')"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
