@@ -160,7 +160,7 @@ def test_revision_in_the_config(caplog):
     with pytest.raises(ConfigError, match=r"models.revision: unknown source 'contrlnet'"):
         load_config(CONFIGS / "tiny.yaml", ["models.revision={contrlnet: abc}"])
     with caplog.at_level("WARNING", logger="motia.models.loading"):
-        load_components(base="tiny:sd", revision="v2", parts=("scheduler",))
+        load_components(base="tiny:sd", revision="v2", parts=("tokenizer",))
     assert "models.revision=v2 is ignored: no model source here is a hub id" in caplog.text
 
 
