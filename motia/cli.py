@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 from . import __version__
@@ -143,13 +144,31 @@ def _dispatch(args: argparse.Namespace) -> int:
     return 0
 
 
+_NOISY = ("diffusers", "transformers", "accelerate", "httpx", "huggingface_hub")
+# diffusers, transformers and huggingface_hub set their own logger levels from these
+# variables when first used (after this runs: the verbs import them lazily).
+_VERBOSITY_ENV = ("DIFFUSERS_VERBOSITY", "TRANSFORMERS_VERBOSITY", "HF_HUB_VERBOSITY")
+
+
+def quiet_libraries(debug: bool = False) -> None:
+    """Third-party logs at error level (their notices are not the user's business), all of them with ``--debug``.
+
+    A verbosity variable the user set is kept.
+    """
+    for var in _VERBOSITY_ENV:
+        os.environ.setdefault(var, "info" if debug else "error")
+    for noisy in _NOISY:
+        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.ERROR)
+    if not debug:  # their deprecation notices about each other's arguments, too
+        warnings.filterwarnings("ignore", module=r"(diffusers|transformers|accelerate|huggingface_hub|peft)(\.|$)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
-    for noisy in ("diffusers", "transformers", "accelerate", "httpx", "huggingface_hub"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if args.debug else logging.ERROR)
+    quiet_libraries(args.debug)
     try:
         return _dispatch(args)
     except MotiaError as e:

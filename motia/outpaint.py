@@ -330,10 +330,13 @@ def outpaint(
     latents = noise.to(device) * scheduler.init_noise_sigma
     t_encoded = time.perf_counter()
 
+    moves, calls = work["model_moves"], work["unet_calls"]
+    regret_moves = moves - s.steps
     log.info(
-        "outpaint: %d frames, canvas %dx%d (latent %dx%d), %d window(s) of %d (stride %d), %d steps, "
-        "%d UNet calls (%d guided)", num_frames, canvas.height, canvas.width, h, w, len(windows),
-        min(s.window.frames, num_frames), s.window.stride, s.steps, work["unet_calls"], work["guided_calls"],
+        "outpaint: %d frames, canvas %dx%d (W x H, latent %dx%d), %d window(s) of %d (stride %d), %d steps%s, "
+        "%d UNet calls (%d guided)", num_frames, canvas.width, canvas.height, w, h, len(windows),
+        min(s.window.frames, num_frames), s.window.stride, s.steps,
+        f" + {regret_moves} noise-regret re-runs" if regret_moves else "", calls, work["guided_calls"],
     )
     show = progress and _is_main_process()
     with contextlib.ExitStack() as stack:
@@ -343,21 +346,28 @@ def outpaint(
         rau = _rau(cfg, components, stack)
         _speed_switches(cfg, components, stack)
         model = make_denoiser(components, text, control, s.controlnet_scale)
-        bar = stack.enter_context(
-            tqdm(total=work["unet_calls"], disable=not show, desc="outpaint", unit="window", leave=False)
-        )
+        # The bar counts denoising steps (regret re-runs included, as its label says); a step
+        # runs the model once per temporal window, shown in the postfix with the calls so far.
+        label = f"outpaint ({s.steps} steps + {regret_moves} regret)" if regret_moves else "outpaint"
+        bar = stack.enter_context(tqdm(total=moves, disable=not show, desc=label, unit="step", leave=False))
+        done_calls = 0
 
         def denoise(x, t, cond, window):
+            nonlocal done_calls
             for handle in attention:  # shift the attention windows at every model move
                 handle.set_step(cond["move"])
             if rau is not None:
                 rau.set_active(active_at(cond["step"], s.steps, s.rau.fraction))
             eps = model(x, t, cond, window)
-            bar.update()
+            done_calls += 1
+            if show:
+                bar.set_postfix_str(
+                    f"window {(done_calls - 1) % len(windows) + 1}/{len(windows)}, model calls {done_calls}/{calls}"
+                )
             return eps
 
         def on_move(i: int, total: int, x: torch.Tensor) -> None:
-            bar.set_postfix_str(f"step {i + 1}/{total}")
+            bar.update()
 
         latents = sample(
             denoise, latents, scheduler.timesteps, scheduler.alphas_cumprod,

@@ -228,13 +228,16 @@ def test_accelerate_launch(clip_path, tmp_path):
     out = tmp_path / "launch"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1",
-         str(REPO / "train" / "adapt.py"), "--config", str(TINY), f"video.path={clip_path}", "video.resize=none",
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "configs" / "accelerate.yaml"),
+         "--cpu", str(REPO / "train" / "adapt.py"), "--config", str(TINY), f"video.path={clip_path}", "video.resize=none",
          "adapt.steps=2", "adapt.frames=4", f"output.dir={out}"],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert read_lora_metadata(out / "clip" / "adapter" / "adapter.safetensors")["steps"] == 2
+    # Quiet: no launcher defaults block (motia's accelerate config sets them), no library notices.
+    for noise in ("had defaults used instead", "torchvision", "[transformers]", "Warning"):
+        assert noise not in proc.stderr, proc.stderr[-2000:]
     bad = subprocess.run([sys.executable, str(REPO / "train" / "adapt.py"), "--config", str(tmp_path / "none.yaml")],
                          capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: ") and "none.yaml" in bad.stderr
