@@ -25,6 +25,11 @@ def _add_config(p: argparse.ArgumentParser, required: bool = True) -> None:
     _add_debug(p)
 
 
+def _add_overwrite(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace finished outputs of another config in the output folder (refused otherwise)")  # fmt: skip
+
+
 def _add_debug(p: argparse.ArgumentParser) -> None:
     # Also accepted after the verb; SUPPRESS keeps the top-level value when it is not given here.
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks and debug logs")
@@ -60,22 +65,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("adapt", help="train the clip's LoRA (input-specific adaptation)")
     _add_config(p)
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint of this run")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the last checkpoint of this run (a larger adapt.steps extends a finished run)")
+    _add_overwrite(p)
 
     p = sub.add_parser("outpaint", help="outpaint the clip (with an adapted LoRA, or none)")
     _add_config(p)
     p.add_argument("--lora", help="adapter .safetensors from `motia adapt` (omit for the unadapted baseline)")
+    _add_overwrite(p)
 
     p = sub.add_parser("run", help="adapt, then outpaint, in one go")
     _add_config(p)
+    _add_overwrite(p)
 
     p = sub.add_parser("demo", help="adapt and outpaint the bundled sample clip with the tiny models (CPU)")
     p.add_argument("overrides", nargs="*", help="dotted overrides on configs/tiny.yaml")
+    _add_overwrite(p)
     _add_debug(p)
 
     p = sub.add_parser("batch", help="adapt and outpaint every clip of a batch manifest")
     p.add_argument("manifest", help="batch YAML (see configs/batch_example.yaml)")
     p.add_argument("overrides", nargs="*", help="dotted overrides applied to every clip")
+    _add_overwrite(p)
     _add_debug(p)
 
     p = sub.add_parser("eval", help="score outpainting on a DAVIS/YouTube-VOS style dataset")
@@ -111,26 +122,26 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .adapt import adapt_from_config
         from .config import load_config
 
-        adapt_from_config(load_config(args.config, args.overrides), resume=args.resume)
+        adapt_from_config(load_config(args.config, args.overrides), resume=args.resume, overwrite=args.overwrite)
         return 0
     if args.verb == "outpaint":
         from .config import load_config
         from .outpaint import outpaint_from_config
 
-        outpaint_from_config(load_config(args.config, args.overrides), lora=args.lora)
+        outpaint_from_config(load_config(args.config, args.overrides), lora=args.lora, overwrite=args.overwrite)
         return 0
     if args.verb == "run":
         from .config import load_config
 
-        job.adapt_and_outpaint(load_config(args.config, args.overrides))
+        job.adapt_and_outpaint(load_config(args.config, args.overrides), overwrite=args.overwrite)
         return 0
     if args.verb == "demo":
-        job.demo(args.overrides)
+        job.demo(args.overrides, overwrite=args.overwrite)
         return 0
     if args.verb == "batch":
         from .batch import run_batch
 
-        return run_batch(args.manifest, args.overrides)
+        return run_batch(args.manifest, args.overrides, overwrite=args.overwrite)
     if args.verb == "eval":
         from .evaluate import eval_from_file
 

@@ -273,22 +273,35 @@ class ModelCache:
         self._components = self._key = None
 
 
-def adapt_and_outpaint(cfg: JobConfig, models: ModelCache | None = None) -> dict:
-    """Adapt the clip's LoRA, then outpaint with it, loading the models once; returns the outpainting summary."""
-    from .adapt import adapt_from_config
+def adapt_and_outpaint(cfg: JobConfig, models: ModelCache | None = None, overwrite: bool = False) -> dict:
+    """Adapt the clip's LoRA, then outpaint with it, loading the models once; returns the outpainting summary.
+
+    Both output folders are checked (``motia.runs``) before the adaptation starts, so a
+    run folder of another config is refused before any work rather than after it.
+    """
+    from .adapt import ADAPTER_FILE, adapt_from_config, adapter_dir, check_adapter_dir
+    from .caption import resolve_prompt
     from .outpaint import outpaint_from_config
+    from .runs import check_outpaint_folder
 
+    if cfg.prompt == "auto":  # caption once: both stages and both folder checks use the caption
+        cfg = cfg.model_copy(update={"prompt": resolve_prompt(cfg, load_clip(cfg))})
+    check_adapter_dir(cfg, overwrite=overwrite)
+    check_outpaint_folder(cfg.run_dir(), cfg, adapter_dir(cfg) / ADAPTER_FILE, overwrite)
     models = models if models is not None else ModelCache()
-    adapter = adapt_from_config(cfg, models=models)
-    return outpaint_from_config(cfg, lora=str(adapter), models=models)
+    adapter = adapt_from_config(cfg, overwrite=overwrite, models=models)
+    return outpaint_from_config(cfg, lora=str(adapter), overwrite=overwrite, models=models)
 
 
-def demo(overrides: Sequence[str] = ()) -> dict:
-    """`motia demo` / `make demo`: the whole job on the tiny bundle and the bundled clip, on CPU."""
+def demo(overrides: Sequence[str] = (), overwrite: bool = False) -> dict:
+    """`motia demo` / `make demo`: the whole job on the tiny bundle and the bundled clip, on CPU.
+
+    Running it again with the same overrides replaces its outputs (same config, same result).
+    """
     from .config import load_config
 
     cfg = load_config(REPO_CONFIGS / "tiny.yaml", list(overrides))
-    summary = adapt_and_outpaint(cfg)
+    summary = adapt_and_outpaint(cfg, overwrite=overwrite)
     print(f"demo finished: outputs in {cfg.run_dir().resolve()}")
     for k, v in summary.get("outputs", {}).items():
         print(f"  {k}: {v}")

@@ -119,7 +119,9 @@ def test_outputs_and_metadata(trained):
     assert log[0]["loss"] == pytest.approx(statistics.mean(trained["losses"][:10]))
     cache = torch.load(out / "latents.pt", weights_only=True)
     assert cache["latents"].shape == (12, 4, 6, 8)
-    assert not (out / "checkpoints").exists()  # checkpoint_every > steps: none written
+    # checkpoint_every > steps: only the final step is checkpointed (so --resume can extend the run)
+    assert json.loads((out / "checkpoints" / "latest.json").read_text())["step"] == 30
+    assert [p.name for p in (out / "checkpoints").iterdir() if p.is_dir()] == ["step_000030"]
 
 
 def test_adapter_reloads_identically(trained, pristine):
@@ -278,3 +280,18 @@ def test_generator_states_are_saved_per_process(tmp_path):
     assert torch.equal(torch.rand(3, generator=fresh.generator), expected)
     with pytest.raises(ConfigError, match="--num_processes 1"):
         TrainRNG(0).load_own(tmp_path, process_index=1, num_processes=2)
+
+
+def test_release_casts_only_when_needed(pristine, monkeypatch):
+    """Handing the models back after adaptation must not cast an fp32 UNet to fp32 (diffusers warns on every cast)."""
+    from motia import lora
+
+    comps = fresh(pristine)
+    lora.add_lora(comps.unet, "temporal", 4, 4.0)
+    monkeypatch.setattr(comps.unet, "to", lambda *a, **k: pytest.fail(f"unet.to{a}{k} for a UNet already in fp32"))
+    A.release(comps)
+    assert not any("lora_" in n for n, _ in comps.unet.named_parameters())
+    monkeypatch.undo()
+    comps.unet.to(torch.float64)  # another dtype: cast back
+    A.release(comps)
+    assert next(comps.unet.parameters()).dtype == torch.float32
