@@ -509,7 +509,7 @@ def outpaint_from_config(
     run, ``check_adapter_fits``) before any model loads, so bad input fails fast and
     writes nothing. A run folder holding the finished outputs of another config is
     refused unless ``overwrite`` (``motia.runs``); then the earlier outputs are removed
-    just before the new ones are written. Outputs go to
+    once the models have loaded, before sampling. Outputs go to
     ``cfg.run_dir()``: outpaint.mp4 (with the source's audio for the frames used),
     optional outpaint.gif and frames/, side_by_side.mp4, config.yaml, summary.json.
     ``models`` (a ``motia.job.ModelCache``) reuses models already loaded in this process.
@@ -537,14 +537,16 @@ def outpaint_from_config(
     else:
         components = models.get(cfg.models, progress=progress)
     t_loaded = time.perf_counter()
-    generator = torch.Generator("cpu").manual_seed(cfg.seed)
-    result = outpaint(cfg, components, clip, lora_path=lora, generator=generator, progress=progress)
-
-    for path in replaced:  # --overwrite of another config's run: none of its files may stay beside ours
+    # --overwrite of another config's run: none of its files may stay beside ours. Removed
+    # before any new output exists, so nothing this run writes can be taken for the old one's.
+    for path in replaced:
         if path.is_dir():
             shutil.rmtree(path)
         else:
             path.unlink(missing_ok=True)
+    generator = torch.Generator("cpu").manual_seed(cfg.seed)
+    result = outpaint(cfg, components, clip, lora_path=lora, generator=generator, progress=progress)
+
     outputs = write_outputs(cfg, clip, result, run_dir)
     outputs["config"] = str(dump_config(cfg, run_dir / "config.yaml"))
     outputs["summary"] = str(run_dir / SUMMARY_FILE)
@@ -566,7 +568,7 @@ def outpaint_from_config(
         "work": result.work,
         "prompt": result.prompt,
         "seed": cfg.seed,
-        "lora": str(lora) if lora is not None else None,
+        "lora": str(Path(lora).resolve()) if lora is not None else None,
         "models": components.sources,
         "outputs": outputs,
     }

@@ -81,11 +81,11 @@ def _recorded(path: Path) -> dict | None:
         return None
 
 
-def _refuse(folder: Path, what: str, diffs: list[str], extra: str = "") -> None:
+def _refuse(folder: Path, what: str, them: str, diffs: list[str], extra: str = "") -> None:
     shown = ", ".join(diffs[:4]) + (f" and {len(diffs) - 4} more" if len(diffs) > 4 else "")
     raise ConfigError(
         f"{folder} already holds {what} of another config (differs in: {shown}); pass --overwrite to replace "
-        f"{'them' if what.endswith('s') else 'it'}{extra}, or write elsewhere with output.name=NEW_NAME"
+        f"{them}{extra}, or write elsewhere with output.name=NEW_NAME"
     )
 
 
@@ -119,7 +119,7 @@ def check_outpaint_folder(run_dir: str | os.PathLike, cfg: JobConfig, lora: str 
     if not diffs:
         return []
     if not overwrite:
-        _refuse(run_dir, "the finished outputs", diffs)
+        _refuse(run_dir, "the finished outputs", "them", diffs)
     old_outputs = [Path(p) if Path(p).is_absolute() else run_dir / Path(p).name
                    for p in (record.get("outputs") or {}).values() if isinstance(p, str)]  # fmt: skip
     return [p for p in {*old_outputs, config, summary} if p.parent.resolve() == run_dir.resolve()]
@@ -135,9 +135,9 @@ def check_adapter_folder(out_dir: str | os.PathLike, cfg: JobConfig, overwrite: 
     """
     out_dir = Path(out_dir)
     if (out_dir / adapter).is_file():
-        what, recorded = "a finished adapter", out_dir / "config.yaml"
+        what, them, recorded = "a finished adapter", "it", out_dir / "config.yaml"
     elif checkpoint_config is not None:
-        what, recorded = "the checkpoints of an unfinished adaptation", checkpoint_config
+        what, them, recorded = "the checkpoints of an unfinished adaptation", "them", checkpoint_config
     else:
         return False
     old = _recorded(recorded)
@@ -146,5 +146,5 @@ def check_adapter_folder(out_dir: str | os.PathLike, cfg: JobConfig, overwrite: 
         return False
     if not overwrite:
         resumable = what == "a finished adapter" and all(d.startswith("adapt.steps ") for d in diffs)
-        _refuse(out_dir, what, diffs, extra=" (or --resume to continue it to the new adapt.steps)" if resumable else "")
+        _refuse(out_dir, what, them, diffs, extra=" (or --resume to continue it to the new adapt.steps)" if resumable else "")
     return True
