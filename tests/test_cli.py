@@ -127,6 +127,8 @@ def test_library_notices_are_quiet():
         code = child.format(setup=setup)
         return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120).stderr
 
-    if "[transformers]" not in stderr(""):
-        pytest.skip("this environment's transformers prints no notice here (torchvision installed?)")
+    import importlib.util
+
+    if importlib.util.find_spec("torchvision") is not None:  # then transformers has nothing to say here
+        pytest.skip("torchvision is installed: no notice to hide")
     assert stderr("from motia.cli import quiet_libraries; quiet_libraries(); ") == ""
