@@ -1,4 +1,4 @@
-"""Entry for outpainting with an adapted LoRA: ``python infer/outpaint.py --config CONFIG [--lora PATH] [key=value ...]``.
+"""Entry for outpainting with an adapted LoRA: ``python infer/outpaint.py --config CONFIG [options] [key=value ...]``.
 
 A thin shell over ``motia outpaint``: the same config, overrides, outputs, errors
 (one line, exit code 2) and ``--debug``. Without ``--lora`` it runs the unadapted
@@ -20,6 +20,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Outpaint a clip, with the LoRA adapted to it or without.")
     p.add_argument("--config", required=True, help="job config YAML, e.g. configs/tiny.yaml")
     p.add_argument("--lora", help="adapter .safetensors written by adaptation (omit for the unadapted baseline)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace finished outputs of another config in the run folder (refused otherwise)")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. video.path=clip.mp4 outpaint.left=0.5")
     return p.parse_args(argv)
@@ -28,7 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def to_cli(args: argparse.Namespace) -> list[str]:
     """The equivalent ``motia`` command line."""
     lora = ["--lora", args.lora] if args.lora else []
-    return ["--debug"] * args.debug + ["outpaint", args.config, *args.overrides, *lora]
+    return ["--debug"] * args.debug + ["outpaint", args.config, *args.overrides, *lora] + ["--overwrite"] * args.overwrite
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ Decisions worth knowing:
 * Checkpoints hold the LoRA weights only (the base is frozen and comes from the
   model files), the optimizer, LR scheduler and generator states, a ``state.json``
   with the step and the resolved config; ``checkpoints/latest.json`` points to the
-  newest one.
+  newest one. The final step is checkpointed too, so ``--resume`` with a larger
+  ``adapt.steps`` continues a finished run.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ import torch.nn.functional as F
 from motia.config import JobConfig, dump_config
 from motia.errors import ConfigError, InputError
 from motia.geometry import control_video, sample_border_mask
+from motia.runs import check_adapter_folder
 from motia.utils import atomic_path, peak_memory_bytes
 
 logger = logging.getLogger(__name__)
@@ -385,6 +387,22 @@ def latest_checkpoint(ckpt_root: Path) -> tuple[Path, dict] | None:
     return folder, state
 
 
+def _newest_checkpoint(ckpt_root: Path) -> tuple[Path, dict] | None:
+    try:
+        return latest_checkpoint(ckpt_root)
+    except InputError:  # a damaged pointer: nothing a fresh run could resume, so nothing to protect
+        return None
+
+
+def check_fresh_start(out_dir: Path, cfg: JobConfig, overwrite: bool = False) -> bool:
+    """``motia.runs.check_adapter_folder`` for a run starting afresh in ``out_dir`` (its adapter or newest checkpoint).
+
+    True when ``overwrite`` replaces another config's adapter (its files are removed before training).
+    """
+    newest = _newest_checkpoint(Path(out_dir) / CHECKPOINTS)
+    return check_adapter_folder(out_dir, cfg, overwrite, ADAPTER_FILE, newest[0] / "config.yaml" if newest else None)
+
+
 def _write_json(path: Path, data: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, default=str))
@@ -416,6 +434,7 @@ def adapt(
     accelerator=None,
     solo: bool = False,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     callback: Callable[[dict], None] | None = None,
 ) -> Path:
@@ -423,8 +442,11 @@ def adapt(
 
     ``components`` is a ``motia.models`` bundle (the UNet comes back with the trained
     LoRA attached); ``clip`` a ``motia.video.Clip``. ``resume`` continues from the newest
-    checkpoint in ``out_dir`` (a fresh run otherwise, and old checkpoints there are
-    removed). ``callback({"step", "loss", "lr"})`` observes every step (a
+    checkpoint in ``out_dir`` (the final step is checkpointed too, so a larger
+    ``adapt.steps`` extends a finished run); otherwise the run starts afresh and old
+    checkpoints there are removed, which ``out_dir`` holding the adapter or checkpoints
+    of another config refuses unless ``overwrite`` (``motia.runs``).
+    ``callback({"step", "loss", "lr"})`` observes every step (a
     KeyboardInterrupt raised there is handled like Ctrl-C: checkpoint, then re-raise).
 
     ``accelerator`` (``make_accelerator(cfg)`` when None) may serve many calls, one
@@ -472,6 +494,23 @@ def adapt(
     frames = crop_to_multiple(clip.frames, scale)  # (F, 3, H, W) in [0, 1], on CPU
     key = latent_key(frames, str(components.sources.get("vae", components.sources.get("base", ""))),
                      next(vae.parameters()).dtype)
+    fingerprint = _fingerprint(cfg, key)
+    found = latest_checkpoint(ckpt_root) if resume and not solo else None
+    if found is not None:
+        folder, state = found
+        changed = _diff(state["fingerprint"], fingerprint)
+        if changed:
+            raise ConfigError(
+                f"cannot resume from {folder}: {'; '.join(changed)}; restore these settings or run without --resume"
+            )
+        if int(state["step"]) > a.steps:
+            raise ConfigError(
+                f"cannot resume from {folder}: it is at step {state['step']}, beyond adapt.steps={a.steps}; "
+                f"resume with adapt.steps >= {state['step']} or run without --resume"
+            )
+        replacing = False
+    else:
+        replacing = check_fresh_start(out_dir, cfg, overwrite)
     with together():
         latents = cached_latents(
             out_dir / LATENTS_FILE, key, lambda: encode_frames(vae, frames, a.encode_chunk, device)
@@ -510,7 +549,6 @@ def adapt(
         if not solo:
             hooks.append(accelerator.register_save_state_pre_hook(save_hook))
             hooks.append(accelerator.register_load_state_pre_hook(load_hook))
-        fingerprint = _fingerprint(cfg, key)
 
         def save_checkpoint(step: int) -> None:
             if solo:
@@ -529,22 +567,18 @@ def adapt(
             accelerator.wait_for_everyone()
 
         step, resumed_from = 0, None
-        found = latest_checkpoint(ckpt_root) if resume else None
         if found is not None:
-            folder, state = found
-            changed = _diff(state["fingerprint"], fingerprint)
-            if changed:
-                raise ConfigError(
-                    f"cannot resume from {folder}: {'; '.join(changed)}; restore these settings or run without --resume"
-                )
             accelerator.load_state(str(folder))
             rng.load_own(folder, accelerator.process_index, accelerator.num_processes)
             step, resumed_from = int(state["step"]), str(folder)
-            logger.info("resuming from %s (step %d)", folder, step)
+            logger.info("resuming from step %d of %d (%s)", step, a.steps, folder)
         elif main:
             if resume:
                 logger.warning("no checkpoint in %s: starting from step 0", ckpt_root)
             shutil.rmtree(ckpt_root, ignore_errors=True)  # a fresh run: old checkpoints would mix with its own
+            if replacing:  # --overwrite over another config: its adapter must not survive next to our checkpoints
+                for name in (ADAPTER_FILE, "config.yaml", SUMMARY_FILE):
+                    (out_dir / name).unlink(missing_ok=True)
         log_path = out_dir / LOG_FILE
         if main:
             _trim_log(log_path, step)
@@ -577,7 +611,7 @@ def adapt(
                     with open(log_path, "a") as f:
                         f.write(json.dumps(entry) + "\n")
                     window_losses.clear()
-                if step % a.checkpoint_every == 0 and step < a.steps:
+                if step % a.checkpoint_every == 0 or step == a.steps:  # the last one too: --resume can extend the run
                     save_checkpoint(step)
                 if callback is not None:
                     callback({"step": step, "loss": loss_value, "lr": lr})
@@ -719,20 +753,38 @@ def release(components) -> None:
     lora.remove_lora(unet)
     if getattr(unet, "is_gradient_checkpointing", False):
         unet.disable_gradient_checkpointing()
-    unet.to(components.dtype)
+    if any(p.is_floating_point() and p.dtype != components.dtype for p in unet.parameters()):
+        unet.to(components.dtype)  # only when needed: diffusers warns on every dtype cast
     for m in (unet, components.controlnet, components.vae, components.text_encoder):
         if m is not None:
             m.requires_grad_(False).eval()
 
 
+def adapter_dir(cfg: JobConfig) -> Path:
+    """Where adaptation writes: ``adapt.output_dir`` or ``<run dir>/adapter``."""
+    return Path(cfg.adapt.output_dir) if cfg.adapt.output_dir else cfg.run_dir() / "adapter"
+
+
+def check_adapter_dir(cfg: JobConfig, resume: bool = False, overwrite: bool = False) -> None:
+    """Before loading models: refuse a fresh run over another config's adapter (``motia.runs``).
+
+    A ``--resume`` that finds a checkpoint is checked later, against the checkpoint.
+    """
+    out_dir = adapter_dir(cfg)
+    if resume and _newest_checkpoint(out_dir / CHECKPOINTS) is not None:
+        return
+    check_fresh_start(out_dir, cfg, overwrite)
+
+
 def adapt_from_config(
-    cfg: JobConfig, resume: bool = False, *, progress: bool = True, models=None, accelerator=None, solo: bool = False,
-    callback: Callable[[dict], None] | None = None,
+    cfg: JobConfig, resume: bool = False, *, overwrite: bool = False, progress: bool = True, models=None,
+    accelerator=None, solo: bool = False, callback: Callable[[dict], None] | None = None,
 ) -> Path:
     """`motia adapt`: read the clip, load the models, train; returns the adapter path.
 
     The clip is read first and the models loaded next, so a missing video, an empty
-    frame selection or bad model paths fail before anything is written. The models
+    frame selection, an output folder of another config (unless ``overwrite``) or bad
+    model paths fail before anything is written. The models
     are loaded on the accelerator's device (under ``accelerate launch`` that is the
     launcher's choice), or taken from ``models`` (a ``motia.job.ModelCache``) and
     handed back there released (``release``) for the next stage. Output:
@@ -747,15 +799,15 @@ def adapt_from_config(
     prompt = resolve_prompt(cfg, clip)  # `prompt: auto` -> a caption of the middle frame
     if prompt != cfg.prompt:
         cfg = cfg.model_copy(update={"prompt": prompt})
+    check_adapter_dir(cfg, resume, overwrite)
     accelerator = accelerator if accelerator is not None else make_accelerator(cfg)
     if models is None:
         components = load_components(cfg.models, device=accelerator.device, progress=progress)
     else:
         components = models.get(cfg.models, device=accelerator.device, progress=progress)
-    out_dir = Path(cfg.adapt.output_dir) if cfg.adapt.output_dir else cfg.run_dir() / "adapter"
     try:
-        return adapt(cfg, components, clip, out_dir, accelerator=accelerator, solo=solo, resume=resume,
-                     progress=progress, callback=callback)
+        return adapt(cfg, components, clip, adapter_dir(cfg), accelerator=accelerator, solo=solo, resume=resume,
+                     overwrite=overwrite, progress=progress, callback=callback)
     finally:
         if models is not None:
             release(components)

@@ -442,14 +442,14 @@ def _new_row(job: BatchJob) -> dict[str, Any]:
 
 
 def run_job(job: BatchJob, cache: str | os.PathLike | None = None, reuse_adapters: bool = True,
-            progress: bool = False, models=None, accelerator=None) -> dict[str, Any]:  # fmt: skip
+            progress: bool = False, models=None, accelerator=None, overwrite: bool = False) -> dict[str, Any]:  # fmt: skip
     """Adapt (or reuse a cached adapter) and outpaint one clip; returns its report row, never raises
     (except KeyboardInterrupt): a failure is the row's ``status: failed`` and ``error``.
 
     ``models`` (a ``motia.job.ModelCache``) keeps the loaded models from clip to clip;
     after a failure it is emptied, so the next clip starts from freshly loaded ones.
     ``accelerator`` (``batch_accelerator``; made from the clip's config when None) trains
-    the clip in this process alone."""
+    the clip in this process alone. ``overwrite`` lets the clip replace the outputs of another config in its folder."""
     from motia import adapt as adapt_mod
     from motia import outpaint as outpaint_mod
     from motia.caption import resolve_prompt
@@ -489,12 +489,13 @@ def run_job(job: BatchJob, cache: str | os.PathLike | None = None, reuse_adapter
             if adapter is None:
                 adapter = train_adapter(cfg, clip, key, cache, progress=progress, models=models, accelerator=accelerator)
         else:
-            adapter = adapt_mod.adapt_from_config(cfg, progress=progress, models=models, accelerator=accelerator,
-                                                  solo=True)  # fmt: skip
+            adapter = adapt_mod.adapt_from_config(cfg, overwrite=overwrite, progress=progress, models=models,
+                                                  accelerator=accelerator, solo=True)  # fmt: skip
             row.update(adapter=str(adapter), adapter_reused=False)
         row["adapt_s"] = round(time.perf_counter() - start, 3)
         start = time.perf_counter()
-        outpaint_mod.outpaint_from_config(cfg, lora=str(adapter), progress=progress, models=models)
+        outpaint_mod.outpaint_from_config(cfg, lora=str(adapter), overwrite=overwrite, progress=progress,
+                                          models=models)  # fmt: skip
         row["outpaint_s"] = round(time.perf_counter() - start, 3)
         row["outputs"] = completed_outputs(cfg.run_dir()) or {}
         if not row["outputs"]:
@@ -570,8 +571,11 @@ def format_report(rows: list[dict]) -> str:
     return _table(["clip", "status", "adapt s", "outpaint s", "peak GB", "note"], table) + f"\n{counts}"
 
 
-def run_batch(manifest: str | os.PathLike, overrides: Sequence[str] = (), progress: bool = True) -> int:
+def run_batch(manifest: str | os.PathLike, overrides: Sequence[str] = (), progress: bool = True,
+              overwrite: bool = False) -> int:  # fmt: skip
     """`motia batch`: run this process's share of the manifest's clips; 1 if any clip failed, else 0.
+
+    ``overwrite`` (``--overwrite``) lets clips replace the outputs of another config in their folders.
 
     Under a multi-process launch only the main process merges the reports and returns the
     batch's code; the others return 0 once their clips are done.
@@ -595,7 +599,7 @@ def run_batch(manifest: str | os.PathLike, overrides: Sequence[str] = (), progre
     models = ModelCache()  # loaded once per process, reused by every clip with the same `models`
     with state.split_between_processes(jobs) as mine:
         for job in mine:
-            row = run_job(job, cache, spec.reuse_adapters, models=models, accelerator=accelerator)
+            row = run_job(job, cache, spec.reuse_adapters, models=models, accelerator=accelerator, overwrite=overwrite)
             row["rank"] = rank
             rows.append(row)
             write_rank_report()

@@ -130,11 +130,11 @@ def _load(model_ref: str, device: str):
     """(processor, model) for ``model_ref`` on ``device``; cached per process."""
     from transformers import BlipForConditionalGeneration, BlipProcessor
 
-    from motia.models.loading import _library_progress
+    from motia.models.loading import _library_progress, hub_cache_only
 
     ref = _resolve_ref(model_ref)
     try:
-        with _library_progress(False):
+        with _library_progress(False), hub_cache_only(needed=not Path(ref).exists()):
             processor = BlipProcessor.from_pretrained(ref)
             model = BlipForConditionalGeneration.from_pretrained(ref)
     except Exception as e:  # noqa: BLE001 - OSError, ValueError, hub errors: all mean "can't load this"

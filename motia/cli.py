@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 from . import __version__
@@ -22,6 +23,11 @@ def _add_config(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("config", nargs=None if required else "?", help="job config YAML (e.g. configs/tiny.yaml)")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. sample.steps=10 video.path=clip.mp4")
     _add_debug(p)
+
+
+def _add_overwrite(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace finished outputs of another config in the output folder (refused otherwise)")  # fmt: skip
 
 
 def _add_debug(p: argparse.ArgumentParser) -> None:
@@ -59,22 +65,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("adapt", help="train the clip's LoRA (input-specific adaptation)")
     _add_config(p)
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint of this run")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the last checkpoint of this run (a larger adapt.steps extends a finished run)")
+    _add_overwrite(p)
 
     p = sub.add_parser("outpaint", help="outpaint the clip (with an adapted LoRA, or none)")
     _add_config(p)
     p.add_argument("--lora", help="adapter .safetensors from `motia adapt` (omit for the unadapted baseline)")
+    _add_overwrite(p)
 
     p = sub.add_parser("run", help="adapt, then outpaint, in one go")
     _add_config(p)
+    _add_overwrite(p)
 
     p = sub.add_parser("demo", help="adapt and outpaint the bundled sample clip with the tiny models (CPU)")
     p.add_argument("overrides", nargs="*", help="dotted overrides on configs/tiny.yaml")
+    _add_overwrite(p)
     _add_debug(p)
 
     p = sub.add_parser("batch", help="adapt and outpaint every clip of a batch manifest")
     p.add_argument("manifest", help="batch YAML (see configs/batch_example.yaml)")
     p.add_argument("overrides", nargs="*", help="dotted overrides applied to every clip")
+    _add_overwrite(p)
     _add_debug(p)
 
     p = sub.add_parser("eval", help="score outpainting on a DAVIS/YouTube-VOS style dataset")
@@ -115,26 +127,26 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .adapt import adapt_from_config
         from .config import load_config
 
-        adapt_from_config(load_config(args.config, args.overrides), resume=args.resume)
+        adapt_from_config(load_config(args.config, args.overrides), resume=args.resume, overwrite=args.overwrite)
         return 0
     if args.verb == "outpaint":
         from .config import load_config
         from .outpaint import outpaint_from_config
 
-        outpaint_from_config(load_config(args.config, args.overrides), lora=args.lora)
+        outpaint_from_config(load_config(args.config, args.overrides), lora=args.lora, overwrite=args.overwrite)
         return 0
     if args.verb == "run":
         from .config import load_config
 
-        job.adapt_and_outpaint(load_config(args.config, args.overrides))
+        job.adapt_and_outpaint(load_config(args.config, args.overrides), overwrite=args.overwrite)
         return 0
     if args.verb == "demo":
-        job.demo(args.overrides)
+        job.demo(args.overrides, overwrite=args.overwrite)
         return 0
     if args.verb == "batch":
         from .batch import run_batch
 
-        return run_batch(args.manifest, args.overrides)
+        return run_batch(args.manifest, args.overrides, overwrite=args.overwrite)
     if args.verb == "eval":
         from .evaluate import eval_from_file
 
@@ -156,13 +168,31 @@ def _dispatch(args: argparse.Namespace) -> int:
     return 0
 
 
+_NOISY = ("diffusers", "transformers", "accelerate", "httpx", "huggingface_hub")
+# diffusers, transformers and huggingface_hub set their own logger levels from these
+# variables when first used (after this runs: the verbs import them lazily).
+_VERBOSITY_ENV = ("DIFFUSERS_VERBOSITY", "TRANSFORMERS_VERBOSITY", "HF_HUB_VERBOSITY")
+
+
+def quiet_libraries(debug: bool = False) -> None:
+    """Third-party logs at error level (their notices are not the user's business), all of them with ``--debug``.
+
+    A verbosity variable the user set is kept.
+    """
+    for var in _VERBOSITY_ENV:
+        os.environ.setdefault(var, "info" if debug else "error")
+    for noisy in _NOISY:
+        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else logging.ERROR)
+    if not debug:  # their deprecation notices about each other's arguments, too
+        warnings.filterwarnings("ignore", module=r"(diffusers|transformers|accelerate|huggingface_hub|peft)(\.|$)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
-    for noisy in ("diffusers", "transformers", "accelerate", "httpx", "huggingface_hub"):
-        logging.getLogger(noisy).setLevel(logging.DEBUG if args.debug else logging.ERROR)
+    quiet_libraries(args.debug)
     try:
         return _dispatch(args)
     except MotiaError as e:

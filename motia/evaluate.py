@@ -517,7 +517,8 @@ def run_motia(name, cfg_path, overrides, cropped, left_px, right_px, out_dir, mo
         "outpaint.aspect=null", f"outpaint.target_size=[{h}, {full_w}]", f"output.dir={out_dir}", f"output.name={name}",
     ])  # fmt: skip
     models = models if models is not None else ModelCache()
-    adapter = adapt_from_config(cfg, progress=False, models=models)
+    # The runs folder is the evaluation's own scratch space, rewritten on every evaluation (like its tables).
+    adapter = adapt_from_config(cfg, overwrite=True, progress=False, models=models)
     clip = load_clip(cfg)
     components = models.get(cfg.models)
     generator = torch.Generator("cpu").manual_seed(cfg.seed)

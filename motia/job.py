@@ -74,8 +74,8 @@ def work_estimate(cfg: JobConfig, num_frames: int, canvas) -> dict:
     h, w = canvas.latent_size()
     return {
         "frames": num_frames,
-        "canvas": f"{canvas.height}x{canvas.width}",
-        "latent": f"4x{num_frames}x{h}x{w}",
+        "canvas": wxh(canvas.width, canvas.height),
+        "latent": f"4x{num_frames}x{h}x{w} (C x F x H x W)",
         "windows": len(windows),
         "steps": s.steps,
         "model_moves": len(moves),
@@ -85,27 +85,117 @@ def work_estimate(cfg: JobConfig, num_frames: int, canvas) -> dict:
     }
 
 
+def wxh(width: int, height: int) -> str:
+    """A size as people read it: width first, labelled."""
+    return f"{width}x{height} (W x H)"
+
+
+def describe_canvas(canvas) -> dict:
+    """The canvas for `motia info`: sizes as W x H, where the source sits, what each side adds."""
+    top, left, _, _ = canvas.box
+    return {"size": wxh(canvas.width, canvas.height), "source": wxh(canvas.src_w, canvas.src_h),
+            "source_at": f"x={left}, y={top} (left, top)", "expansion_px": canvas.expansion}  # fmt: skip
+
+
+def describe_speedups(cfg: JobConfig, canvas) -> dict:
+    """Whether window attention and RAU-Net run for this canvas, and why."""
+    from .attention import should_enable
+
+    wa, rau = cfg.sample.window_attention, cfg.sample.rau
+    on = should_enable(wa.enabled, canvas.height, canvas.width)
+    why = (f"auto, canvas long side {max(canvas.height, canvas.width)} px" if wa.enabled == "auto"
+           else f"sample.window_attention.enabled={str(wa.enabled).lower()}")  # fmt: skip
+    return {
+        "window_attention": f"{'on' if on else 'off'} ({why})",
+        "rau": (f"on for the first {rau.fraction:.0%} of the steps" if rau.enabled else "off")
+        + f" (sample.rau.enabled={str(rau.enabled).lower()})",
+    }
+
+
 def describe(cfg: JobConfig) -> str:
-    """`motia info`: the resolved config, the canvas and the work, as readable YAML."""
+    """`motia info`: the resolved config, device, source, canvas, speed-ups and work, as readable YAML.
+
+    Device and precision go through the checks outpainting makes, so a CUDA setting on a
+    machine without one fails here with the same one-line error.
+    """
+    from .models import resolve_device, resolve_dtype
     from .video import probe_video
 
-    out = {"config": cfg.to_dict()}
+    device = resolve_device(cfg.models.device)
+    dtype = resolve_dtype(cfg.models.dtype, device)
+    names = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+    dtype_name = str(dtype).removeprefix("torch.")
+    out = {"config": cfg.to_dict(), "runs_on": {"device": str(device), "dtype": names.get(dtype_name, dtype_name)}}
     try:
         path = video_path(cfg)
     except ConfigError:
         path = None
-    if path is not None:
-        clip = load_clip(cfg)
-        info = probe_video(path)
-        f, _, h, w = clip.frames.shape
-        canvas = plan(cfg, h, w)
-        out["source"] = {"path": str(path), "frames_in_file": info.num_frames, "fps": info.fps,
-                         "size_in_file": f"{info.height}x{info.width}", "audio": info.has_audio,
-                         "frames_used": f, "size_used": f"{h}x{w}"}
-        out["canvas"] = canvas.to_dict()
-        out["work"] = work_estimate(cfg, f, canvas)
+    if path is None:
+        out["source"] = "video.path is not set: add video.path=CLIP to see the source, canvas and work"
+        out["schedule"] = schedule_info(cfg)
+        return yaml.safe_dump(out, sort_keys=False, width=1000)
+    clip = load_clip(cfg)
+    info = probe_video(path)
+    f, _, h, w = clip.frames.shape
+    canvas = plan(cfg, h, w)
+    out["source"] = {"path": str(path), "frames_in_file": info.num_frames, "fps": info.fps,
+                     "size_in_file": wxh(info.width, info.height), "audio": info.has_audio,
+                     "frames_used": f, "size_used": wxh(w, h)}  # fmt: skip
+    out["canvas"] = describe_canvas(canvas)
+    out["speedups"] = describe_speedups(cfg, canvas)
+    out["work"] = work_estimate(cfg, f, canvas)
     out["schedule"] = schedule_info(cfg)
-    return yaml.safe_dump(out, sort_keys=False)
+    return yaml.safe_dump(out, sort_keys=False, width=1000)
+
+
+PREVIEW_MIN_SIDE = 512  # previews of smaller canvases are scaled up (nearest neighbour) to this long side
+
+
+def _overlay_color(heat):
+    """The preview's tint for LoRA strength ``heat`` in [0, 1]: red = full strength, blue = none."""
+    import torch
+
+    return torch.stack([heat, 0.2 * torch.ones_like(heat), 1 - heat])  # (3, ...)
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError, ImportError):  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _legend(width: int, k: float, lowest: float):
+    """A strip explaining the preview's colours: the known box, and the tint scale of the insertion map."""
+    import numpy as np
+    import torch
+    from PIL import Image, ImageDraw
+
+    lines = [
+        "green box: the source, kept as it is; outside: generated",
+        f"tint: LoRA strength exp(-K d/D), K={k:g}: red 1.0 to blue 0 (lowest here {lowest:.2f})",
+    ]
+    size = 14
+    font = _font(size)
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    while size > 8 and max(draw.textlength(t, font=font) for t in lines) > width - 16:
+        size -= 1
+        font = _font(size)
+    bar_h, line_h = 14, size + 6
+    strip = Image.new("RGB", (width, 12 + bar_h + 16 + line_h * len(lines)), (24, 24, 24))
+    ramp = torch.linspace(1, 0, width - 16)  # strength along the bar, full at the left
+    bar = 0.65 * _overlay_color(ramp)  # mixed as the tint over the (black) generated area
+    arr = (bar.clamp(0, 1).T.numpy() * 255).round().astype(np.uint8)  # (width - 16, 3)
+    strip.paste(Image.fromarray(np.repeat(arr[None], bar_h, axis=0)), (8, 8))
+    draw = ImageDraw.Draw(strip)
+    small = _font(max(8, size - 2))
+    draw.text((8, 8 + bar_h + 2), "1.0", fill=(230, 230, 230), font=small)
+    draw.text((width - 8, 8 + bar_h + 2), "0", fill=(230, 230, 230), font=small, anchor="ra")
+    for i, text in enumerate(lines):
+        draw.text((8, 12 + bar_h + 16 + i * line_h), text, fill=(230, 230, 230), font=font)
+    return strip
 
 
 def schedule_info(cfg: JobConfig) -> dict:
@@ -124,7 +214,13 @@ def schedule_info(cfg: JobConfig) -> dict:
 
 
 def preview(cfg: JobConfig, out: str | None = None) -> Path:
-    """`motia preview`: one PNG with the source on the canvas, the known box and the insertion-map heat."""
+    """`motia preview`: a PNG of the source on the canvas, the known box and the insertion-map tint, with a legend.
+
+    Canvases smaller than ``PREVIEW_MIN_SIDE`` on their long side are scaled up by a
+    whole factor, nearest neighbour, so every canvas pixel stays one sharp block.
+    """
+    import math
+
     import numpy as np
     import torch
     from PIL import Image, ImageDraw
@@ -137,18 +233,23 @@ def preview(cfg: JobConfig, out: str | None = None) -> Path:
     canvas = plan(cfg, frame.shape[-2], frame.shape[-1])
     img = place_on_canvas(frame, canvas, fill=0.0)[0]  # (3, H, W)
     heat = insertion_map(canvas, cfg.sample.insertion.k)  # (H, W), 1 on the known box
-    # Warm overlay where the LoRA fades: red = full strength, blue = none.
-    color = torch.stack([heat, 0.2 * torch.ones_like(heat), 1 - heat])
     top, left, bottom, right = canvas.box
     known = torch.zeros_like(heat, dtype=torch.bool)
     known[top:bottom, left:right] = True
-    blended = torch.where(known, img, 0.35 * img + 0.65 * color)
+    blended = torch.where(known, img, 0.35 * img + 0.65 * _overlay_color(heat))
     arr = (blended.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    pil = Image.fromarray(arr)
-    ImageDraw.Draw(pil).rectangle([left, top, right - 1, bottom - 1], outline=(0, 255, 0))
+    scale = max(1, math.ceil(PREVIEW_MIN_SIDE / max(canvas.height, canvas.width)))
+    pic = Image.fromarray(arr).resize((canvas.width * scale, canvas.height * scale), Image.Resampling.NEAREST)
+    ImageDraw.Draw(pic).rectangle([left * scale, top * scale, right * scale - 1, bottom * scale - 1],
+                                  outline=(0, 255, 0), width=max(1, scale // 2))  # fmt: skip
+    width = max(pic.width, PREVIEW_MIN_SIDE)  # a narrow (portrait) canvas still gets a readable legend
+    legend = _legend(width, cfg.sample.insertion.k, float(heat.min()))
+    sheet = Image.new("RGB", (width, pic.height + legend.height), (24, 24, 24))
+    sheet.paste(pic, ((width - pic.width) // 2, 0))
+    sheet.paste(legend, (0, pic.height))
     path = Path(out) if out else cfg.run_dir() / "preview.png"
     with atomic_path(path) as tmp:
-        pil.save(tmp, format="PNG")
+        sheet.save(tmp, format="PNG")
     return path
 
 
@@ -189,22 +290,35 @@ class ModelCache:
         self._components = self._key = None
 
 
-def adapt_and_outpaint(cfg: JobConfig, models: ModelCache | None = None) -> dict:
-    """Adapt the clip's LoRA, then outpaint with it, loading the models once; returns the outpainting summary."""
-    from .adapt import adapt_from_config
+def adapt_and_outpaint(cfg: JobConfig, models: ModelCache | None = None, overwrite: bool = False) -> dict:
+    """Adapt the clip's LoRA, then outpaint with it, loading the models once; returns the outpainting summary.
+
+    Both output folders are checked (``motia.runs``) before the adaptation starts, so a
+    run folder of another config is refused before any work rather than after it.
+    """
+    from .adapt import ADAPTER_FILE, adapt_from_config, adapter_dir, check_adapter_dir
+    from .caption import resolve_prompt
     from .outpaint import outpaint_from_config
+    from .runs import check_outpaint_folder
 
+    if cfg.prompt == "auto":  # caption once: both stages and both folder checks use the caption
+        cfg = cfg.model_copy(update={"prompt": resolve_prompt(cfg, load_clip(cfg))})
+    check_adapter_dir(cfg, overwrite=overwrite)
+    check_outpaint_folder(cfg.run_dir(), cfg, adapter_dir(cfg) / ADAPTER_FILE, overwrite)
     models = models if models is not None else ModelCache()
-    adapter = adapt_from_config(cfg, models=models)
-    return outpaint_from_config(cfg, lora=str(adapter), models=models)
+    adapter = adapt_from_config(cfg, overwrite=overwrite, models=models)
+    return outpaint_from_config(cfg, lora=str(adapter), overwrite=overwrite, models=models)
 
 
-def demo(overrides: Sequence[str] = ()) -> dict:
-    """`motia demo` / `make demo`: the whole job on the tiny bundle and the bundled clip, on CPU."""
+def demo(overrides: Sequence[str] = (), overwrite: bool = False) -> dict:
+    """`motia demo` / `make demo`: the whole job on the tiny bundle and the bundled clip, on CPU.
+
+    Running it again with the same overrides replaces its outputs (same config, same result).
+    """
     from .config import load_config
 
     cfg = load_config(REPO_CONFIGS / "tiny.yaml", list(overrides))
-    summary = adapt_and_outpaint(cfg)
+    summary = adapt_and_outpaint(cfg, overwrite=overwrite)
     print(f"demo finished: outputs in {cfg.run_dir().resolve()}")
     for k, v in summary.get("outputs", {}).items():
         print(f"  {k}: {v}")

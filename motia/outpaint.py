@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from motia.config import JobConfig
-from motia.errors import ConfigError, MotiaError
+from motia.errors import ConfigError, InputError, MotiaError
 
 log = logging.getLogger(__name__)
 
@@ -345,10 +346,13 @@ def outpaint(
     latents = noise.to(device) * scheduler.init_noise_sigma
     t_encoded = time.perf_counter()
 
+    moves, calls = work["model_moves"], work["unet_calls"]
+    regret_moves = moves - s.steps
     log.info(
-        "outpaint: %d frames, canvas %dx%d (latent %dx%d), %d window(s) of %d (stride %d), %d steps, "
-        "%d UNet calls (%d guided)", num_frames, canvas.height, canvas.width, h, w, len(windows),
-        min(s.window.frames, num_frames), s.window.stride, s.steps, work["unet_calls"], work["guided_calls"],
+        "outpaint: %d frames, canvas %dx%d (W x H, latent %dx%d), %d window(s) of %d (stride %d), %d steps%s, "
+        "%d UNet calls (%d guided)", num_frames, canvas.width, canvas.height, w, h, len(windows),
+        min(s.window.frames, num_frames), s.window.stride, s.steps,
+        f" + {regret_moves} noise-regret re-runs" if regret_moves else "", calls, work["guided_calls"],
     )
     show = progress and _is_main_process()
     with contextlib.ExitStack() as stack:
@@ -358,21 +362,28 @@ def outpaint(
         rau = _rau(cfg, components, stack)
         _speed_switches(cfg, components, stack)
         model = make_denoiser(components, text, control, s.controlnet_scale)
-        bar = stack.enter_context(
-            tqdm(total=work["unet_calls"], disable=not show, desc="outpaint", unit="window", leave=False)
-        )
+        # The bar counts denoising steps (regret re-runs included, as its label says); a step
+        # runs the model once per temporal window, shown in the postfix with the calls so far.
+        label = f"outpaint ({s.steps} steps + {regret_moves} regret)" if regret_moves else "outpaint"
+        bar = stack.enter_context(tqdm(total=moves, disable=not show, desc=label, unit="step", leave=False))
+        done_calls = 0
 
         def denoise(x, t, cond, window):
+            nonlocal done_calls
             for handle in attention:  # shift the attention windows at every model move
                 handle.set_step(cond["move"])
             if rau is not None:
                 rau.set_active(active_at(cond["step"], s.steps, s.rau.fraction))
             eps = model(x, t, cond, window)
-            bar.update()
+            done_calls += 1
+            if show:
+                bar.set_postfix_str(
+                    f"window {(done_calls - 1) % len(windows) + 1}/{len(windows)}, model calls {done_calls}/{calls}"
+                )
             return eps
 
         def on_move(i: int, total: int, x: torch.Tensor) -> None:
-            bar.set_postfix_str(f"step {i + 1}/{total}")
+            bar.update()
             if callback is not None:
                 callback({"step": i + 1, "total": total})
 
@@ -463,14 +474,68 @@ def write_outputs(cfg: JobConfig, clip, result: OutpaintResult, run_dir: Path) -
     return outputs
 
 
+def check_adapter_fits(meta: dict, cfg: JobConfig, clip, path) -> None:
+    """Compare an adapter's metadata with this run before any model loads.
+
+    A different base model or motion module (as the user names them: tiny refs and hub
+    ids as written, local paths resolved) is refused: the LoRA's layers belong to those
+    weights. A different prompt, frame size, noise schedule, VAE or ControlNet, or a base
+    named one way there and another here (hub id vs local folder: cannot tell), is one
+    warning line naming the keys. Keys the file does not record are skipped.
+    """
+    from motia.models.loading import ANIMATEDIFF_HUB_ID, source_label
+
+    recorded = meta.get("base_models") or {}
+    revision = cfg.models.revision
+
+    def label(name: str, ref) -> str | None:
+        return source_label(ref, revision.get(name) if isinstance(revision, dict) else revision)
+
+    warn: list[str] = []
+    for name, refuse in (("base", True), ("motion_adapter", True), ("vae", False), ("controlnet", False)):
+        now = label(name, getattr(cfg.models, name))
+        if name == "motion_adapter" and now is None:  # not set: the base's own motion UNet, else AnimateDiff v2
+            own = str(recorded.get(name, "")).endswith("/unet")
+            now = f"{label('base', cfg.models.base)}/unet" if own else label(name, ANIMATEDIFF_HUB_ID)
+        if name in recorded:
+            before = recorded[name]
+        elif name == "vae" and recorded:
+            before = None  # adapted with the base's own VAE
+        else:
+            continue
+        if before == now:
+            continue
+        # Two ids, or two local paths, are comparable; a hub id and a local folder may be the same weights.
+        if refuse and before is not None and now is not None and os.path.isabs(before) == os.path.isabs(now):
+            raise InputError(
+                f"{path}: adapted on models.{name}={before}, but this run uses {now}; its LoRA belongs to those "
+                f"weights: outpaint with models.{name}={before}, or adapt again with this config"
+            )
+        warn.append(f"models.{name} (adapted on {before or 'the base VAE'}, here {now or 'the base VAE'})")
+    if "schedule" in meta and getattr(cfg.models, "schedule", None) not in (None, meta["schedule"]):
+        warn.append(f"models.schedule (adapted with {meta['schedule']}, here {cfg.models.schedule})")
+    if "prompt" in meta and meta["prompt"] != cfg.prompt:
+        warn.append(f"prompt (adapted with {meta['prompt']!r}, here {cfg.prompt!r})")
+    size = (meta.get("source") or {}).get("size")
+    here = [clip.height - clip.height % 8, clip.width - clip.width % 8]  # adaptation crops to the latent grid
+    if isinstance(size, list) and len(size) == 2 and list(size) != here:
+        warn.append(f"video.size (adapted on {size[1]}x{size[0]} frames, here {here[1]}x{here[0]}, W x H)")
+    if warn:
+        log.warning("%s was adapted with other settings: %s; outpainting anyway (adapt again with this config "
+                    "for the best match)", path, "; ".join(warn))  # fmt: skip
+
+
 def outpaint_from_config(
-    cfg: JobConfig, lora: str | os.PathLike | None = None, *, progress: bool = True, models=None,
-    callback: Callable[[dict], None] | None = None,
+    cfg: JobConfig, lora: str | os.PathLike | None = None, *, overwrite: bool = False, progress: bool = True,
+    models=None, callback: Callable[[dict], None] | None = None,
 ) -> dict:
     """`motia outpaint`: read the clip, load the models, outpaint, write the outputs; return the run summary.
 
-    The clip is read (and the canvas planned, the adapter file checked) before any
-    model loads, so bad input fails fast and writes nothing. Outputs go to
+    The clip is read (and the canvas planned, the adapter file checked against this
+    run, ``check_adapter_fits``) before any model loads, so bad input fails fast and
+    writes nothing. A run folder holding the finished outputs of another config is
+    refused unless ``overwrite`` (``motia.runs``); then the earlier outputs are removed
+    once the models have loaded, before sampling. Outputs go to
     ``cfg.run_dir()``: outpaint.mp4 (with the source's audio for the frames used),
     optional outpaint.gif and frames/, side_by_side.mp4, config.yaml, summary.json.
     ``models`` (a ``motia.job.ModelCache``) reuses models already loaded in this process;
@@ -480,26 +545,36 @@ def outpaint_from_config(
     from motia.job import load_clip, plan
     from motia.lora import read_lora_metadata
     from motia.models import load_components
+    from motia.runs import check_outpaint_folder
     from motia.utils import peak_memory_bytes
 
     t0 = time.perf_counter()
     clip = load_clip(cfg)
     plan(cfg, clip.height, clip.width)  # geometry errors before the models load
-    if lora is not None:
-        read_lora_metadata(lora)
+    meta = read_lora_metadata(lora) if lora is not None else None
     prompt = resolve_prompt(cfg, clip)
     if prompt != cfg.prompt:
         cfg = cfg.model_copy(update={"prompt": prompt})  # config.yaml records the prompt actually used
+    run_dir = cfg.run_dir()
+    replaced = check_outpaint_folder(run_dir, cfg, lora, overwrite)
+    if meta is not None:
+        check_adapter_fits(meta, cfg, clip, lora)
     if models is None:
         components = load_components(cfg.models, progress=progress)
     else:
         components = models.get(cfg.models, progress=progress)
     t_loaded = time.perf_counter()
+    # --overwrite of another config's run: none of its files may stay beside ours. Removed
+    # before any new output exists, so nothing this run writes can be taken for the old one's.
+    for path in replaced:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
     generator = torch.Generator("cpu").manual_seed(cfg.seed)
     result = outpaint(cfg, components, clip, lora_path=lora, generator=generator, progress=progress,
                       callback=callback)
 
-    run_dir = cfg.run_dir()
     outputs = write_outputs(cfg, clip, result, run_dir)
     outputs["config"] = str(dump_config(cfg, run_dir / "config.yaml"))
     outputs["summary"] = str(run_dir / SUMMARY_FILE)
@@ -521,7 +596,7 @@ def outpaint_from_config(
         "work": result.work,
         "prompt": result.prompt,
         "seed": cfg.seed,
-        "lora": str(lora) if lora is not None else None,
+        "lora": str(Path(lora).resolve()) if lora is not None else None,
         "models": components.sources,
         "outputs": outputs,
     }

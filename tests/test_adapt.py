@@ -121,7 +121,9 @@ def test_outputs_and_metadata(trained):
     assert log[0]["loss"] == pytest.approx(statistics.mean(trained["losses"][:10]))
     cache = torch.load(out / "latents.pt", weights_only=True)
     assert cache["latents"].shape == (12, 4, 6, 8)
-    assert not (out / "checkpoints").exists()  # checkpoint_every > steps: none written
+    # checkpoint_every > steps: only the final step is checkpointed (so --resume can extend the run)
+    assert json.loads((out / "checkpoints" / "latest.json").read_text())["step"] == 30
+    assert [p.name for p in (out / "checkpoints").iterdir() if p.is_dir()] == ["step_000030"]
 
 
 def test_adapter_reloads_identically(trained, pristine):
@@ -232,7 +234,8 @@ def test_accelerate_launch(clip_path, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     env.pop("ACCELERATE_MIXED_PRECISION", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1", "--mixed_precision", "bf16",
+        [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "configs" / "accelerate.yaml"),
+         "--cpu", "--num_processes", "1", "--mixed_precision", "bf16",
          str(REPO / "train" / "adapt.py"), "--config", str(TINY), f"video.path={clip_path}", "video.resize=none",
          "adapt.steps=2", "adapt.frames=4", f"output.dir={out}"],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
@@ -241,6 +244,9 @@ def test_accelerate_launch(clip_path, tmp_path):
     assert read_lora_metadata(out / "clip" / "adapter" / "adapter.safetensors")["steps"] == 2
     summary = json.loads((out / "clip" / "adapter" / A.SUMMARY_FILE).read_text())
     assert summary["mixed_precision"] == "bf16"
+    # Quiet: no launcher defaults block (motia's accelerate config sets them), no library notices.
+    for noise in ("had defaults used instead", "torchvision", "[transformers]", "Warning"):
+        assert noise not in proc.stderr, proc.stderr[-2000:]
     bad = subprocess.run([sys.executable, str(REPO / "train" / "adapt.py"), "--config", str(tmp_path / "none.yaml")],
                          capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: ") and "none.yaml" in bad.stderr
@@ -360,3 +366,18 @@ def test_borrowed_accelerator_gets_its_scaler_state_back():
             assert acc.scaler.get_scale() == 8.0
             raise KeyboardInterrupt
     assert acc.scaler.get_scale() == 1024.0 and acc.freed == 1 and table == {}
+
+
+def test_release_casts_only_when_needed(pristine, monkeypatch):
+    """Handing the models back after adaptation must not cast an fp32 UNet to fp32 (diffusers warns on every cast)."""
+    from motia import lora
+
+    comps = fresh(pristine)
+    lora.add_lora(comps.unet, "temporal", 4, 4.0)
+    monkeypatch.setattr(comps.unet, "to", lambda *a, **k: pytest.fail(f"unet.to{a}{k} for a UNet already in fp32"))
+    A.release(comps)
+    assert not any("lora_" in n for n, _ in comps.unet.named_parameters())
+    monkeypatch.undo()
+    comps.unet.to(torch.float64)  # another dtype: cast back
+    A.release(comps)
+    assert next(comps.unet.parameters()).dtype == torch.float32

@@ -205,6 +205,73 @@ def test_hub_id_not_cached_offline_is_a_clear_error(tiny_bundle, monkeypatch):
         load_components(base="tiny:sd", controlnet="motia-test/no-such-controlnet", parts=("controlnet",))
 
 
+def _unreachable_hub_env(tmp_path) -> dict:
+    """The environment of a machine without network: HF_HUB_OFFLINE unset, the hub at a closed loopback port.
+
+    Nothing leaves the machine: every hub URL points at 127.0.0.1, and proxies are bypassed for it.
+    """
+    import os
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on (bound, then released)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    drop = {"HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"}
+    env = {k: v for k, v in os.environ.items() if k.upper() not in drop}
+    return {**env, "HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_HUB_CACHE": str(tmp_path / "hub"),
+            "HF_HOME": str(tmp_path / "hf"), "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+
+
+# Runs in a child with the unreachable hub's environment. Imports are not the hub's fault: the
+# child imports the libraries first, then times each call.
+_CHILD = """
+import sys, time
+import diffusers, transformers
+from motia.cli import main
+from motia.models import load_components
+
+t = time.perf_counter()
+rc = main({argv!r})
+print(f"ELAPSED {{time.perf_counter() - t:.2f}} rc={{rc}}", file=sys.stderr)
+parts = ("tokenizer", "text_encoder", "vae", "unet", "scheduler")
+for base in ("tiny:sd", "motia-test/tiny-sd"):  # the same weights from a local folder, then from the hub cache
+    t = time.perf_counter()
+    c = load_components(base=base, motion_adapter="tiny:motion_adapter", device="cpu", parts=parts)
+    assert c.sources["base"] == base and len(c.tokenizer) > 2
+    print(f"ELAPSED {{time.perf_counter() - t:.2f}} {{base}}", file=sys.stderr)
+"""
+
+
+def test_unreachable_hub_fails_in_seconds_and_a_cached_id_still_loads(tmp_path, tiny_bundle):
+    import re
+    import subprocess
+    import sys
+
+    from motia.job import REPO_CONFIGS
+
+    # A Hugging Face cache holding the tiny pipeline as the hub repo motia-test/tiny-sd.
+    repo = tmp_path / "hub" / "models--motia-test--tiny-sd"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(tiny_bundle / "sd", repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    argv = ["outpaint", str(REPO_CONFIGS / "tiny.yaml"), "models.base=motia-test/no-such-model", "video.max_frames=2",
+            f"output.dir={tmp_path / 'out'}"]  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", _CHILD.format(argv=argv)], capture_output=True, text=True,
+                          env=_unreachable_hub_env(tmp_path), timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (failed, fail_s), (_, local_s), (_, cached_s) = [(m[1], float(m[0]))
+                                                     for m in re.findall(r"ELAPSED (\S+) (\S+)", proc.stderr)]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert failed == "rc=2" and len(errors) == 1, proc.stderr[-3000:]
+    assert "models.base: 'motia-test/no-such-model'" in errors[0] and "is unreachable" in errors[0], errors
+    assert "hf download motia-test/no-such-model" in errors[0] and "Retrying" not in proc.stderr
+    assert fail_s < 10, proc.stderr[-3000:]
+    # The cached id costs what the local folder does: no request waits (one file's retries alone take 23 s).
+    assert cached_s < local_s + 8, (local_s, cached_s)
+    assert not (tmp_path / "out").exists()
+
+
 def test_missing_paths_name_the_key(tmp_path, tiny_bundle):
     missing = tmp_path / "nope"
     with pytest.raises(InputError, match=rf"^models.base: {missing} does not exist; give a diffusers folder, a hub id"):

@@ -339,3 +339,25 @@ def test_run_loads_the_models_once_and_matches_separate_stages(clip_file, tmp_pa
     assert torch.equal(frames, read_video(tmp_path / "separate/clip100/frames").frames)
     unet = models.get(cfg("x").models).unet
     assert not getattr(unet, "peft_config", None) and not unet.is_gradient_checkpointing and not unet.training
+
+
+def test_progress_bar_counts_steps_with_windows_and_calls_in_the_postfix(clip_file, components, monkeypatch):
+    from tqdm.auto import tqdm
+
+    import motia.outpaint as O
+
+    shown = []
+
+    class Recording(tqdm):  # the real bar, remembering what it showed last
+        def close(self):
+            if not self.disable:
+                shown.append((self.desc, self.total, self.n, self.unit, self.postfix))
+            super().close()
+
+    monkeypatch.setattr(O, "tqdm", Recording)
+    # 20 frames in windows of 16 / stride 4: 2 windows; 4 steps, regret re-runs levels 1-2 once.
+    cfg = make_cfg(clip_file, "video.max_frames=20", "sample.steps=4", "sample.regret.jump=2",
+                   "sample.regret.repeats=1", "sample.regret.fraction=0.5")  # fmt: skip
+    result = O.outpaint(cfg, components, load(cfg), progress=True)
+    assert result.work["model_moves"] == 6 and result.work["unet_calls"] == 12
+    assert shown == [("outpaint (4 steps + 2 regret)", 6, 6, "step", "window 2/2, model calls 12/12")]

@@ -187,6 +187,17 @@ class Source:
         return {"revision": self.revision} if self.kind == "hub" and self.revision else {}
 
 
+def source_label(ref: str | os.PathLike | None, revision: str | None = None) -> str | None:
+    """What ``Components.sources`` records for ``ref`` (``Source.label``), without checking that it exists."""
+    if ref is None or str(ref).strip() == "":
+        return None
+    ref = str(ref).strip()
+    path = Path(ref).expanduser()
+    if not ref.startswith("tiny:") and path.exists():
+        return str(path.resolve())
+    return f"{ref}@{revision}" if revision and not ref.startswith("tiny:") else ref
+
+
 def locate(ref: str | os.PathLike | None, key: str, revision: str | None = None) -> Source:
     """Decide whether ``ref`` is a local folder, a local file, a tiny-bundle entry or a hub id.
 
@@ -214,11 +225,89 @@ def locate(ref: str | os.PathLike | None, key: str, revision: str | None = None)
     return Source(key, ref, "hub", ref, revision or None)
 
 
-def _hub_offline() -> bool:
+HUB_PROBE_TIMEOUT = 3.0  # seconds for the one reachability probe of the hub per process
+_hub_reachable: dict[str, bool] = {}  # endpoint -> probe result, for this process
+
+
+def _hub_offline_set() -> bool:
+    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set: the user asked for the cache only."""
     from huggingface_hub import constants
 
-    env = os.environ.get("HF_HUB_OFFLINE", "").strip().upper()
-    return bool(constants.HF_HUB_OFFLINE) or env in {"1", "ON", "YES", "TRUE"}
+    env = {os.environ.get(v, "").strip().upper() for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    return bool(constants.HF_HUB_OFFLINE) or bool(env & {"1", "ON", "YES", "TRUE"})
+
+
+def hub_endpoint() -> str:
+    from huggingface_hub import constants
+
+    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT) -> bool:
+    """Whether the Hugging Face hub (``HF_ENDPOINT`` honoured) answers at all; probed once per process.
+
+    Any HTTP answer counts as reachable; a refused or failed connection, or none within
+    ``timeout`` seconds (name lookup included, which socket timeouts do not bound), does
+    not. Without this, every hub request on a machine without network waits through
+    huggingface_hub's five retries (26 s) before failing.
+    """
+    import threading
+    import urllib.error
+    import urllib.request
+
+    endpoint = hub_endpoint()
+    if endpoint not in _hub_reachable:
+        answer: list[bool] = []
+
+        def probe() -> None:
+            try:
+                urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout).close()
+                answer.append(True)
+            except urllib.error.HTTPError:  # the server answered, with an error status: it is there
+                answer.append(True)
+            except Exception:  # noqa: BLE001 - refused, reset, no route, no name, TLS: unreachable
+                answer.append(False)
+
+        thread = threading.Thread(target=probe, name="motia-hub-probe", daemon=True)
+        thread.start()
+        thread.join(timeout + 0.5)
+        _hub_reachable[endpoint] = bool(answer and answer[0])
+        if not _hub_reachable[endpoint]:
+            logger.info("the Hugging Face hub at %s is unreachable: using the local cache only", endpoint)
+    return _hub_reachable[endpoint]
+
+
+def _hub_offline() -> bool:
+    """Only the local Hugging Face cache can be used: HF_HUB_OFFLINE is set, or the hub is unreachable."""
+    return _hub_offline_set() or not hub_reachable()
+
+
+@contextlib.contextmanager
+def hub_cache_only(needed: bool = True) -> Iterator[None]:
+    """While loading with diffusers/transformers: if the hub is ``needed`` but unreachable, read the cache only.
+
+    Sets huggingface_hub's offline switch for the duration (the libraries consult it on
+    every request), so a cached hub id loads at once and an uncached one fails without
+    retries; restored afterwards. Nothing changes when HF_HUB_OFFLINE is already set or
+    the hub answers.
+    """
+    if not needed or _hub_offline_set() or hub_reachable():
+        yield
+        return
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
+def _offline_reason() -> str:
+    if _hub_offline_set():
+        return "HF_HUB_OFFLINE=1 forbids downloading it"
+    return f"the hub ({hub_endpoint()}) is unreachable (no network?)"
 
 
 def _hub_file(src: Source, filename: str, subfolder: str | None = None, required: bool = True) -> str | None:
@@ -240,8 +329,8 @@ def _hub_file(src: Source, filename: str, subfolder: str | None = None, required
                 return None
             fetch = f"hf download {src.ref}" + (f" --revision {src.revision}" if src.revision else "")
             raise InputError(
-                f"{src.key}: '{src.label}' is not a local path and not in the Hugging Face cache, and HF_HUB_OFFLINE=1 "
-                f"forbids downloading it; run `{fetch}` once online, or give a local folder or file"
+                f"{src.key}: '{src.label}' is not a local path and not in the Hugging Face cache, and {_offline_reason()}; "
+                f"run `{fetch}` once online, or give a local folder or file"
             ) from None
         raise InputError(
             f"{src.key}: could not download '{src.ref}' from the Hugging Face hub (no connection?); "
@@ -902,7 +991,7 @@ def _load_controlnet(src: Source, subfolder: str | None, cfg: Source | None, dty
         # Without controlnet_config diffusers fetches a stock SD1.5 ControlNet config from the hub.
         if cfg is None and _hub_offline():
             raise InputError(
-                f"{src.key}: the architecture config for {src.ref} is not in the Hugging Face cache and HF_HUB_OFFLINE=1; "
+                f"{src.key}: the architecture config for {src.ref} is not in the Hugging Face cache and {_offline_reason()}; "
                 "set models.controlnet_config to a diffusers ControlNet folder"
             ) from e
         raise
@@ -971,7 +1060,7 @@ def load_components(
                 raise
             raise InputError(
                 f"models.base_config: not set, and the default architecture source '{SD15_HUB_ID}' for the single-file "
-                f"base is not available ({'HF_HUB_OFFLINE=1, not cached' if _hub_offline() else 'hub unreachable'}); "
+                f"base is not available (not cached, and {_offline_reason()}); "
                 "set it to a local SD1.5 diffusers folder (only its config files are read)"
             ) from None
     vae_subfolder = _check_vae(vae_src) if vae_src is not None else None
@@ -1000,8 +1089,16 @@ def load_components(
     _check_revision(revision, [base, base_cfg, vae_src, cn_src, cn_cfg, mm_src])
 
     steps = [n for n, on in (("base", base_need), ("vae", vae_src), ("controlnet", cn_src), ("motion adapter", mm_src)) if on]
+    # A single-file ControlNet without controlnet_config makes diffusers fetch a stock config from the hub.
+    needs_hub = any(s is not None and s.kind == "hub" for s in (base, base_cfg, vae_src, cn_src, cn_cfg, mm_src)) or (
+        cn_src is not None and cn_src.kind == "file" and cn_cfg is None
+    )
     loaded: dict[str, Any] = {}
-    with _library_progress(progress), tqdm(total=len(steps), desc="loading models", disable=not progress) as bar:
+    with (
+        _library_progress(progress),
+        hub_cache_only(needs_hub),
+        tqdm(total=len(steps), desc="loading models", disable=not progress) as bar,
+    ):
         if base_need:
             bar.set_postfix_str("base")
             if base.kind == "file":

@@ -1,0 +1,150 @@
+"""Run folders: may a new run write where an earlier run left finished outputs?
+
+A folder with finished outputs belongs to the config recorded beside them
+(``config.yaml``). A new run of the *same* config may replace them: re-running is
+how ``make demo`` works twice, and the result is the same. A run of another config
+refuses with one line naming ``--overwrite`` and leaves every file as it was.
+
+"Same config" compares the keys that decide a stage's outputs, after prompt
+captioning, with local paths resolved:
+
+* adaptation (the adapter folder): ``seed``, ``prompt``, ``models``, ``video`` and
+  ``adapt``, except the bookkeeping keys ``adapt.checkpoint_every``,
+  ``keep_checkpoints``, ``log_every`` and ``output_dir``;
+* outpainting (the run folder): ``seed``, ``prompt``, ``models``, ``video``,
+  ``outpaint``, ``sample`` and ``output`` (except ``output.dir`` and ``output.name``,
+  which name the folder), and the ``--lora`` file. The ``adapt`` section is not
+  compared: the adapter file stands for it.
+
+Finished outputs are: for outpainting, ``summary.json`` or ``config.yaml`` (both are
+written after the videos); for adaptation, ``adapter.safetensors``, or checkpoints
+(an interrupted run: its work would be deleted by a fresh start).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+from motia.config import JobConfig, read_yaml
+from motia.errors import ConfigError, MotiaError
+
+ADAPT_KEYS = ("seed", "prompt", "models", "video", "adapt")
+OUTPAINT_KEYS = ("seed", "prompt", "models", "video", "outpaint", "sample", "output")
+IGNORED = {"adapt.checkpoint_every", "adapt.keep_checkpoints", "adapt.log_every", "adapt.output_dir",
+           "output.dir", "output.name"}  # fmt: skip
+_PATH_KEYS = ("video.path", "models.")  # string values that may name local files
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for k, v in data.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): data}
+
+
+def _resolved(value: Any) -> Any:
+    """A local path that exists, absolute and resolved (so ``./clip.mp4`` equals ``/abs/clip.mp4``)."""
+    if isinstance(value, str) and ":" not in value.split("/")[0]:  # not tiny:, sample:, ...
+        path = Path(value).expanduser()
+        if path.exists():
+            return str(path.resolve())
+    return value
+
+
+def _normal(key: str, value: Any) -> Any:
+    return _resolved(value) if key.startswith(_PATH_KEYS) else value
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def config_diff(old: dict, new: dict, sections: Iterable[str]) -> list[str]:
+    """``key (old -> new)`` for every compared key that differs, in key order."""
+    sections = tuple(sections)
+    a, b = _flatten(old), _flatten(new)
+    keys = sorted(k for k in set(a) | set(b) if k.split(".")[0] in sections and k not in IGNORED)
+    return [f"{k} ({_short(a.get(k))} -> {_short(b.get(k))})"
+            for k in keys if _normal(k, a.get(k)) != _normal(k, b.get(k))]  # fmt: skip
+
+
+def _recorded(path: Path) -> dict | None:
+    """The config a folder's outputs were made with, or None if it is missing or unreadable."""
+    try:
+        return read_yaml(path)
+    except MotiaError:
+        return None
+
+
+def _refuse(folder: Path, what: str, them: str, diffs: list[str], extra: str = "") -> None:
+    shown = ", ".join(diffs[:4]) + (f" and {len(diffs) - 4} more" if len(diffs) > 4 else "")
+    raise ConfigError(
+        f"{folder} already holds {what} of another config (differs in: {shown}); pass --overwrite to replace "
+        f"{them}{extra}, or write elsewhere with output.name=NEW_NAME"
+    )
+
+
+def check_outpaint_folder(run_dir: str | os.PathLike, cfg: JobConfig, lora: str | os.PathLike | None,
+                          overwrite: bool = False) -> list[Path]:  # fmt: skip
+    """Refuse (ConfigError) to outpaint into ``run_dir`` over finished outputs of another config.
+
+    Returns the earlier run's files to delete before the new outputs are written: empty
+    unless ``overwrite`` replaces another config's run (its outputs would otherwise mix
+    with the new ones). ``cfg`` is the config with the prompt already resolved.
+    """
+    import json
+
+    run_dir = Path(run_dir)
+    config, summary = run_dir / "config.yaml", run_dir / "summary.json"
+    if not (config.is_file() or summary.is_file()):
+        return []
+    old = _recorded(config)
+    try:
+        record = json.loads(summary.read_text()) if summary.is_file() else {}
+    except (OSError, ValueError):
+        record = {}
+    if old is None:
+        diffs = ["config.yaml (missing or unreadable)"]
+    else:
+        diffs = config_diff(old, cfg.to_dict(), OUTPAINT_KEYS)
+    if "lora" in record:
+        before, now = record["lora"], None if lora is None else str(lora)
+        if _resolved(before) != _resolved(now):
+            diffs.append(f"--lora ({_short(before)} -> {_short(now)})")
+    if not diffs:
+        return []
+    if not overwrite:
+        _refuse(run_dir, "the finished outputs", "them", diffs)
+    old_outputs = [Path(p) if Path(p).is_absolute() else run_dir / Path(p).name
+                   for p in (record.get("outputs") or {}).values() if isinstance(p, str)]  # fmt: skip
+    return [p for p in {*old_outputs, config, summary} if p.parent.resolve() == run_dir.resolve()]
+
+
+def check_adapter_folder(out_dir: str | os.PathLike, cfg: JobConfig, overwrite: bool = False,
+                         adapter: str = "adapter.safetensors", checkpoint_config: Path | None = None) -> bool:  # fmt: skip
+    """Refuse (ConfigError) to start adapting afresh in ``out_dir`` over another config's adapter or checkpoints.
+
+    ``checkpoint_config`` is the ``config.yaml`` of the folder's newest checkpoint, if
+    any. Returns True when ``overwrite`` replaces another config's adapter (the caller
+    then removes its files before training), False when nothing of another config is there.
+    """
+    out_dir = Path(out_dir)
+    if (out_dir / adapter).is_file():
+        what, them, recorded = "a finished adapter", "it", out_dir / "config.yaml"
+    elif checkpoint_config is not None:
+        what, them, recorded = "the checkpoints of an unfinished adaptation", "them", checkpoint_config
+    else:
+        return False
+    old = _recorded(recorded)
+    diffs = ["config.yaml (missing or unreadable)"] if old is None else config_diff(old, cfg.to_dict(), ADAPT_KEYS)
+    if not diffs:
+        return False
+    if not overwrite:
+        resumable = what == "a finished adapter" and all(d.startswith("adapt.steps ") for d in diffs)
+        _refuse(out_dir, what, them, diffs, extra=" (or --resume to continue it to the new adapt.steps)" if resumable else "")
+    return True
