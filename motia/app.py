@@ -280,7 +280,9 @@ class App:
             raise InputError("no adapter for this clip, prompt, seed and adaptation recipe yet: press Adapt first")
         track = StepReport("outpaint", None, report)
         with self._models_on_failure():
-            summary = outpaint_from_config(cfg, lora=str(adapter), progress=False, models=self.models, callback=track)
+            # The app replaces its own earlier result for this clip (the README says so), whatever the canvas.
+            summary = outpaint_from_config(cfg, lora=str(adapter), overwrite=True, progress=False, models=self.models,
+                                           callback=track)  # fmt: skip
         return {**summary, "adapter": str(adapter), "key": key, "steps": track.step, "total": track.total}
 
     @contextlib.contextmanager
