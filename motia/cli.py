@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("outpaint", help="outpaint the clip (with an adapted LoRA, or none)")
     _add_config(p)
-    p.add_argument("--lora", help="adapter .safetensors from `motia adapt` (omit for the unadapted baseline)")
+    p.add_argument("--lora", help="adapter from `motia adapt`, a diffusers or AnimateDiff motion LoRA, or a folder "
+                                  "holding one (omit for the unadapted baseline)")  # fmt: skip
 
     p = sub.add_parser("run", help="adapt, then outpaint, in one go")
     _add_config(p)
