@@ -240,15 +240,20 @@ def adapter_recipe(cfg: JobConfig) -> dict:
 
     d = cfg.to_dict()
     device_type, mixed_precision = accelerator_settings(cfg)  # "auto" differs per device and launcher
-    return {
+    recipe = {
         "version": KEY_VERSION,
-        "adapt": {k: v for k, v in d["adapt"].items() if k not in _ADAPT_BOOKKEEPING},
+        "adapt": {k: v for k, v in d["adapt"].items() if k not in _ADAPT_BOOKKEEPING and k != "init_lora"},
         "prompt": cfg.prompt,
         "seed": cfg.seed,
         "models": {k: d["models"][k] for k in _MODEL_KEYS},
         "device_type": device_type,
         "mixed_precision": mixed_precision,
     }
+    if cfg.adapt.init_lora:  # the starting weights by content, not by path
+        from motia.lora_io import file_sha256
+
+        recipe["init_lora_sha256"] = file_sha256(cfg.adapt.init_lora)
+    return recipe
 
 
 def adapter_key(cfg: JobConfig, clip) -> str:
