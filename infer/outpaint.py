@@ -19,7 +19,8 @@ from motia.cli import main  # noqa: E402
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Outpaint a clip, with the LoRA adapted to it or without.")
     p.add_argument("--config", required=True, help="job config YAML, e.g. configs/tiny.yaml")
-    p.add_argument("--lora", help="adapter .safetensors written by adaptation (omit for the unadapted baseline)")
+    p.add_argument("--lora", help="adapter written by adaptation, a diffusers or AnimateDiff motion LoRA, or a folder "
+                                  "holding one (omit for the unadapted baseline)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace finished outputs of another config in the run folder (refused otherwise)")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")

@@ -24,6 +24,10 @@ Decisions worth knowing:
   ``torch.Generator`` seeded with ``cfg.seed`` (plus the process index), whose state
   is part of every checkpoint: a resumed run ends with the same adapter as an
   uninterrupted one.
+* ``adapt.init_lora`` starts from another LoRA's weights (a motia adapter, a diffusers
+  or an AnimateDiff motion LoRA) instead of the fresh gaussian init: its layers and
+  rank replace ``adapt.lora.targets``/``rank``, ``adapt.lora.alpha / rank`` stays the
+  training's delta multiplier, and the trained adapter records the file it came from.
 * Checkpoints hold the LoRA weights only (the base is frozen and comes from the
   model files), the optimizer, LR scheduler and generator states, a ``state.json``
   with the step and the resolved config; ``checkpoints/latest.json`` points to the
@@ -358,14 +362,17 @@ def _load_trainable_state(model, path: Path) -> None:
             p.copy_(saved[n])
 
 
-def _fingerprint(cfg: JobConfig, clip_key: str) -> dict:
-    """What must match for a resume to continue the same run."""
+def _fingerprint(cfg: JobConfig, clip_key: str, init_sha256: str | None = None) -> dict:
+    """What must match for a resume to continue the same run (``init_sha256``: the ``adapt.init_lora`` file's hash)."""
     d = cfg.to_dict()
-    return {
+    found = {
         "seed": d["seed"], "prompt": d["prompt"], "models": d["models"], "video": d["video"],
         "adapt": {k: v for k, v in d["adapt"].items() if k not in _RESUMABLE_CHANGES},
         "clip": clip_key,
     }
+    if init_sha256 is not None:
+        found["init_lora_sha256"] = init_sha256
+    return found
 
 
 def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -460,7 +467,7 @@ def adapt(
     """
     from tqdm.auto import tqdm
 
-    from motia import lora
+    from motia import lora, lora_io
 
     a = cfg.adapt
     out_dir = Path(out_dir)
@@ -481,7 +488,18 @@ def adapt(
         raise ConfigError(
             f"adapt.frames={a.frames} exceeds the motion module's {max_len} frames; use adapt.frames <= {max_len}"
         )
-    lora.resolve_targets(unet, a.lora.targets)  # a bad target pattern fails here, not after encoding
+    init = init_origin = None
+    if a.init_lora:  # a bad file fails here, not after encoding
+        init = lora_io.read_lora(a.init_lora)
+        lora.check_fits(unet, init)
+        for note in init.notes:
+            logger.warning("adapt.init_lora: %s", note)
+        init_origin = {"path": str(init.path), "layout": init.layout, "sha256": lora_io.file_sha256(init.path)}
+        logger.info("adapt.init_lora: starting from the %s LoRA %s (%d layers, rank %d); adapt.lora.targets and "
+                    "adapt.lora.rank are not used", init.layout, init.path, len(init.layers),
+                    max(init.ranks().values()))  # fmt: skip
+    else:
+        lora.resolve_targets(unet, a.lora.targets)  # a bad target pattern fails here, not after encoding
     if a.use_8bit_adam:
         make_optimizer([torch.nn.Parameter(torch.zeros(1))], a)  # fails clearly without bitsandbytes
     main = solo or accelerator.is_main_process
@@ -494,7 +512,7 @@ def adapt(
     frames = crop_to_multiple(clip.frames, scale)  # (F, 3, H, W) in [0, 1], on CPU
     key = latent_key(frames, str(components.sources.get("vae", components.sources.get("base", ""))),
                      next(vae.parameters()).dtype)
-    fingerprint = _fingerprint(cfg, key)
+    fingerprint = _fingerprint(cfg, key, init_origin and init_origin["sha256"])
     found = latest_checkpoint(ckpt_root) if resume and not solo else None
     if found is not None:
         folder, state = found
@@ -530,7 +548,11 @@ def adapt(
         m.requires_grad_(False)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(cfg.seed)  # peft draws the LoRA init from the global RNG: same seed, same start
-        targets = lora.add_lora(unet, a.lora.targets, a.lora.rank, a.lora.alpha, a.lora.dropout)
+        if init is None:
+            targets = lora.add_lora(unet, a.lora.targets, a.lora.rank, a.lora.alpha, a.lora.dropout)
+        else:  # the file's delta, trained at the configured multiplier
+            targets = lora.attach_weights(unet, init, trainable=True, multiplier=a.lora.alpha / a.lora.rank,
+                                          dropout=a.lora.dropout)  # fmt: skip
 
     with _borrowed(accelerator) as hooks:
         # --- optimizer and checkpoint plumbing
@@ -645,6 +667,7 @@ def adapt(
             "mixed_precision": accelerator.mixed_precision,
             "trainable_parameters": sum(p.numel() for p in params),
             "lora_targets": len(targets),
+            "init_lora": init_origin and init_origin["path"],
             "frames": [int(frames.shape[0]), int(frames.shape[2]), int(frames.shape[3])],
         }
         if main:
@@ -656,6 +679,7 @@ def adapt(
                 },
                 "adapt": a.model_dump(mode="json"),
                 "schedule": components.schedule,  # the noise schedule it was trained on (models.schedule)
+                "init_lora": init_origin,  # the LoRA it started from (None: a fresh init)
                 "seed": cfg.seed,
                 "prompt": cfg.prompt,
                 "steps": step,

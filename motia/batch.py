@@ -240,15 +240,20 @@ def adapter_recipe(cfg: JobConfig) -> dict:
 
     d = cfg.to_dict()
     device_type, mixed_precision = accelerator_settings(cfg)  # "auto" differs per device and launcher
-    return {
+    recipe = {
         "version": KEY_VERSION,
-        "adapt": {k: v for k, v in d["adapt"].items() if k not in _ADAPT_BOOKKEEPING},
+        "adapt": {k: v for k, v in d["adapt"].items() if k not in _ADAPT_BOOKKEEPING and k != "init_lora"},
         "prompt": cfg.prompt,
         "seed": cfg.seed,
         "models": {k: d["models"][k] for k in _MODEL_KEYS},
         "device_type": device_type,
         "mixed_precision": mixed_precision,
     }
+    if cfg.adapt.init_lora:  # the starting weights by content, not by path
+        from motia.lora_io import file_sha256
+
+        recipe["init_lora_sha256"] = file_sha256(cfg.adapt.init_lora)
+    return recipe
 
 
 def adapter_key(cfg: JobConfig, clip) -> str:
@@ -334,10 +339,12 @@ def list_adapters(cache: str | os.PathLike | None = None) -> list[CacheEntry]:
 
 
 def adapters_command(args: argparse.Namespace) -> int:
-    """`motia adapters list|rm`: show or delete cache entries; 2 (with a message) for an unknown key."""
+    """`motia adapters list|rm|export`: show, delete or export cache entries; 2 (with a message) for an unknown key."""
     root = adapter_cache_dir(getattr(args, "cache", None))
     verb = getattr(args, "adapters_verb", None) or "list"
     entries = list_adapters(root)
+    if verb == "export":
+        return _export_adapter(args, root, entries)
     if verb == "list":
         if not entries:
             print(f"no adapters in {root}")
@@ -347,7 +354,7 @@ def adapters_command(args: argparse.Namespace) -> int:
         print(f"{len(entries)} adapter(s) in {root}")
         return 0
     if verb != "rm":
-        print(f"error: unknown action '{verb}'; use list or rm", file=sys.stderr)
+        print(f"error: unknown action '{verb}'; use list, rm or export", file=sys.stderr)
         return 2
     if args.all:
         for d in root.iterdir() if root.is_dir() else []:
@@ -373,6 +380,25 @@ def adapters_command(args: argparse.Namespace) -> int:
     for e in chosen.values():
         shutil.rmtree(e.path)
         print(f"removed {e.key} ({e.clip})")
+    return 0
+
+
+def _export_adapter(args: argparse.Namespace, root: Path, entries: list[CacheEntry]) -> int:
+    """`motia adapters export ADAPTER`: a path, else a cache key prefix; prints what was written and dropped."""
+    from motia.lora_io import export_animatediff
+
+    src, out = Path(args.adapter).expanduser(), args.out
+    if not src.exists():
+        matches = [e for e in entries if e.key.startswith(args.adapter)]
+        if len(matches) != 1:
+            why = "no cached adapter key starts with it" if not matches else f"it matches {len(matches)} cached adapters"
+            print(f"error: adapters export: {args.adapter} is not a file or folder, and {why} in {root} "
+                  "(see `motia adapters list`)", file=sys.stderr)  # fmt: skip
+            return 2
+        src = matches[0].path / ADAPTER_FILE
+        out = out or f"{matches[0].key}.animatediff.safetensors"
+    _, lines = export_animatediff(src, out, overwrite=args.overwrite)
+    print("\n".join(lines))
     return 0
 
 

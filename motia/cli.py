@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("outpaint", help="outpaint the clip (with an adapted LoRA, or none)")
     _add_config(p)
-    p.add_argument("--lora", help="adapter .safetensors from `motia adapt` (omit for the unadapted baseline)")
+    p.add_argument("--lora", help="adapter from `motia adapt`, a diffusers or AnimateDiff motion LoRA, or a folder "
+                                  "holding one (omit for the unadapted baseline)")  # fmt: skip
     _add_overwrite(p)
 
     p = sub.add_parser("run", help="adapt, then outpaint, in one go")
@@ -98,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=None, help="port (default: 7860, or the next free one)")
 
-    p = sub.add_parser("adapters", help="manage the adapter cache")
+    p = sub.add_parser("adapters", help="list, remove or export adapters")
     asub = p.add_subparsers(dest="adapters_verb", metavar="ACTION")
     a = asub.add_parser("list", help="list cached adapters")
     a.add_argument("--cache", help="cache folder (default: $MOTIA_ADAPTERS or ~/.cache/motia/adapters)")
@@ -106,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("keys", nargs="*")
     a.add_argument("--all", action="store_true")
     a.add_argument("--cache")
+    a = asub.add_parser("export", help="write an adapter in the original AnimateDiff motion-LoRA layout (ComfyUI)")
+    a.add_argument("adapter", help="a LoRA file or a folder holding one, or a cached adapter's key prefix")
+    a.add_argument("--out", help="file to write (default: <adapter>.animatediff.safetensors beside a file, <key>"
+                                 ".animatediff.safetensors here for a cache key; .ckpt: a torch checkpoint)")
+    a.add_argument("--format", choices=["animatediff"], default="animatediff", help="layout to write (animatediff)")
+    a.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    a.add_argument("--cache", help="cache folder for key prefixes")
     return parser
 
 

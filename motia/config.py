@@ -6,8 +6,8 @@ A config is YAML. ``extends: other.yaml`` merges this file over another one
 ``outpaint.target_size=[512,1024]``, ``prompt="a beach"``). Unknown keys and
 wrong types fail on load with the key's dotted name.
 
-Relative input paths (``video.path`` and model paths starting with ``./`` or
-``../``) written in a config file are resolved against that file's folder, so a
+Relative input paths (``video.path``, ``adapt.init_lora``, and model paths starting
+with ``./`` or ``../``) written in a config file are resolved against that file's folder, so a
 config and its clip can move together; output folders and overrides given on the
 command line are relative to the working directory. Two prefixes name bundled
 assets: ``tiny:NAME`` for the tiny model bundle and ``sample:clip`` for the demo clip.
@@ -193,6 +193,7 @@ class AdaptConfig(_Section):
     warmup_steps: int = Field(0, ge=0)
     mask: MaskRanges = MaskRanges()
     lora: LoraSection = LoraSection()
+    init_lora: str | None = None  # start from this LoRA file/folder (motia, diffusers, AnimateDiff) instead of a fresh init
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
     gradient_checkpointing: bool = True
     use_8bit_adam: bool = False
@@ -380,6 +381,9 @@ def _resolve_input_paths(data: dict, folder: Path) -> None:
         for k, v in models.items():
             if isinstance(v, str) and k not in ("dtype", "device", "variant", "schedule", "revision"):
                 models[k] = _rel(v, folder, always=False)
+    adapt = data.get("adapt")
+    if isinstance(adapt, dict) and isinstance(adapt.get("init_lora"), str):
+        adapt["init_lora"] = _rel(adapt["init_lora"], folder, always=True)
 
 
 def _rel(value: str, folder: Path, always: bool) -> str:

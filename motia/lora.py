@@ -1,18 +1,23 @@
-"""The per-clip LoRA: attach it to a UNetMotionModel with peft, save it, load it back.
+"""The per-clip LoRA: attach it to a UNetMotionModel with peft, save it, load it back (any supported layout).
 
 Targets are given as a preset name or a list of module-name regexes and always
 resolved to an explicit list of module names before peft sees them, so the saved
 file names exactly the layers it was trained on. Files are safetensors in the key
 format diffusers' ``load_lora_weights`` reads (``unet.<module>.lora.down.weight`` /
-``lora.up.weight``) and carry diffusers' ``lora_adapter_metadata`` too, so a stock
-``AnimateDiffPipeline`` loads them with the right alpha; motia's own metadata lives
-under ``motia.*`` keys as JSON strings.
+``lora.up.weight``) with the alpha/rank scale folded into ``lora.up`` and alpha
+recorded = rank (format motia-lora/2), both in diffusers' ``lora_adapter_metadata``
+and in motia's own metadata (``motia.*`` keys, JSON strings; the trained alpha is kept
+as ``trained_alpha``). So the plain ``up @ down`` is the full delta, and every loader
+(diffusers' pipeline and model-level ones, AnimateDiff-Evolved's ``up @ down x
+strength``) applies the adapter at full strength. Loading reads every layout of
+``motia.lora_io``: motia's (both formats), diffusers' and AnimateDiff's motion LoRAs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -23,13 +28,13 @@ from torch import nn
 
 from motia import __version__
 from motia.errors import ConfigError, InputError
+from motia.lora_io import DIFFUSERS_META_KEY, FORMAT, META_PREFIX, LoraWeights, read_header_metadata, read_lora
 from motia.utils import atomic_path
 
-FORMAT = "motia-lora/1"
+log = logging.getLogger(__name__)
+
 ADAPTER_NAME = "motia"
-_META_PREFIX = "motia."
-_DIFFUSERS_META_KEY = "lora_adapter_metadata"  # diffusers.loaders.lora_base.LORA_ADAPTER_METADATA_KEY
-_RESERVED_META = ("format", "motia_version", "targets", "rank", "alpha", "dropout")
+_RESERVED_META = ("format", "motia_version", "targets", "rank", "alpha", "trained_alpha", "dropout", "layout")
 
 _MOTION_BLOCK = r".*motion_modules\.\d+\.transformer_blocks\.\d+\."
 _SPATIAL_BLOCK = r".*attentions\.\d+\.transformer_blocks\.\d+\."
@@ -199,10 +204,12 @@ def save_lora(
 ) -> Path:
     """Write the adapter to a safetensors file atomically, with its config and ``metadata``.
 
-    ``metadata`` holds whatever the caller knows (base model ids, source clip, the
-    adaptation config as a dict, step, ...); each value is stored JSON-encoded under
-    ``motia.<key>``. The targets, rank, alpha, dropout, format marker and motia version
-    are taken from the model and may not be passed in.
+    ``lora.up`` holds peft's lora_B times alpha/rank, so ``up @ down`` is the full delta
+    and the file records alpha = rank (diffusers' metadata and motia's); the alpha it was
+    trained with is kept as ``trained_alpha``. ``metadata`` holds whatever the caller
+    knows (base model ids, source clip, the adaptation config as a dict, step, ...);
+    each value is stored JSON-encoded under ``motia.<key>``. The targets, rank, alpha,
+    dropout, format marker and motia version are taken from the model and may not be passed in.
     """
     import safetensors.torch
 
@@ -211,21 +218,29 @@ def save_lora(
     if clash:
         raise ValueError(f"save_lora: metadata keys {clash} are filled in from the model")
     config = unet.peft_config[adapter_name]
+    if config.rank_pattern or config.alpha_pattern or config.use_rslora:
+        raise ValueError("save_lora: one rank and alpha for every layer expected (no rank/alpha patterns, no rsLoRA)")
     targets = lora_targets(unet, adapter_name)
+    rank, scale = int(config.r), float(config.lora_alpha) / int(config.r)
     info = {
         "format": FORMAT,
         "motia_version": __version__,
         "targets": targets,
-        "rank": int(config.r),
-        "alpha": float(config.lora_alpha),
+        "rank": rank,
+        "alpha": float(rank),
+        "trained_alpha": float(config.lora_alpha),
         "dropout": float(config.lora_dropout),
         **metadata,
     }
-    diffusers_meta = {"unet.r": int(config.r), "unet.lora_alpha": float(config.lora_alpha),
+    diffusers_meta = {"unet.r": rank, "unet.lora_alpha": float(rank),
                       "unet.lora_dropout": float(config.lora_dropout), "unet.target_modules": targets}
-    file_meta = {"format": "pt", _DIFFUSERS_META_KEY: json.dumps(diffusers_meta, sort_keys=True)}
-    file_meta.update({_META_PREFIX + k: json.dumps(v, sort_keys=True, default=str) for k, v in info.items()})
-    tensors = {k: v.to("cpu").contiguous() for k, v in lora_state_dict(unet, adapter_name).items()}
+    file_meta = {"format": "pt", DIFFUSERS_META_KEY: json.dumps(diffusers_meta, sort_keys=True)}
+    file_meta.update({META_PREFIX + k: json.dumps(v, sort_keys=True, default=str) for k, v in info.items()})
+    tensors = {}
+    for k, v in lora_state_dict(unet, adapter_name).items():
+        if k.endswith((".lora.up.weight", ".lora_B.weight")) and scale != 1.0:
+            v = (v.double() * scale).to(v.dtype)  # folded: exact for a power-of-two alpha/rank (the reference's 8)
+        tensors[k] = v.to("cpu").contiguous()
     path = Path(path)
     with atomic_path(path) as tmp:
         safetensors.torch.save_file(tensors, str(tmp), metadata=file_meta)
@@ -233,29 +248,17 @@ def save_lora(
 
 
 def read_lora_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """The ``motia.*`` metadata of a saved adapter, decoded (InputError if it is not a motia LoRA file)."""
-    from safetensors import safe_open
+    """What is known about the LoRA at ``path`` (a file, or a folder holding one); InputError if it is no LoRA.
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: LoRA file not found; give the .safetensors file written by adaptation")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = f.metadata() or {}
-    except Exception as e:  # safetensors raises several types for a foreign or truncated file
-        raise InputError(f"{path}: not a readable safetensors file ({type(e).__name__}); give a motia LoRA file") from None
-    if _META_PREFIX + "format" not in raw:
-        raise InputError(f"{path}: not a motia LoRA file (no motia.format metadata); load other LoRAs with diffusers")
-    try:
-        meta = {k[len(_META_PREFIX):]: json.loads(v) for k, v in raw.items() if k.startswith(_META_PREFIX)}
-    except json.JSONDecodeError:
-        raise InputError(f"{path}: corrupt motia metadata; re-run adaptation to write the file again") from None
-    if meta["format"] != FORMAT:
-        raise InputError(f"{path}: LoRA format {meta['format']!r} is not supported by this motia (expects {FORMAT!r})")
-    missing = [k for k in ("targets", "rank", "alpha", "dropout") if k not in meta]
-    if missing or not isinstance(meta["targets"], list) or not meta["targets"]:
-        raise InputError(f"{path}: motia LoRA metadata lacks {missing or ['targets']}; re-run adaptation to write it again")
-    return meta
+    A motia adapter: its ``motia.*`` metadata, decoded (targets, rank, alpha, base_models,
+    source, prompt, schedule, ...). Any other accepted LoRA (diffusers, AnimateDiff
+    layout): only ``format``/``layout``/``targets``/``rank``/``alpha``/``dropout``;
+    callers must treat the motia-only keys as optional. ``layout`` says which it is.
+    """
+    file, meta = read_header_metadata(path)
+    if meta is not None:
+        return {**meta, "layout": "motia"}
+    return read_lora(file).info()
 
 
 def load_lora(
@@ -265,31 +268,87 @@ def load_lora(
     *,
     trainable: bool = False,
     lora_dtype: torch.dtype | None = torch.float32,
+    multiplier: float = 1.0,
+    dropout: float = 0.0,
 ) -> dict[str, Any]:
-    """Attach the adapter saved at ``path`` with its recorded targets/rank/alpha; return its metadata.
+    """Attach the LoRA saved at ``path`` (any layout ``motia.lora_io`` reads); return ``read_lora_metadata``'s dict.
 
-    Loading is strict: every target must exist in ``unet`` and the file must hold
-    exactly the expected tensors with the expected shapes, else InputError naming the
-    file (and nothing stays attached). ``trainable`` leaves the LoRA unfrozen (resume).
+    See ``attach_weights``; ``trainable`` leaves the LoRA unfrozen (resume, ``adapt.init_lora``).
     """
-    import safetensors.torch
-    from diffusers.utils import convert_unet_state_dict_to_peft
-    from peft import set_peft_model_state_dict
+    weights = read_lora(path)
+    for note in weights.notes:
+        log.warning("%s", note)
+    attach_weights(unet, weights, adapter_name, trainable=trainable, lora_dtype=lora_dtype, multiplier=multiplier,
+                   dropout=dropout)  # fmt: skip
+    if weights.layout != "motia":
+        log.info("loaded %s LoRA %s: %d layers, rank %d", weights.layout, weights.path, len(weights.layers),
+                 max(weights.ranks().values()))  # fmt: skip
+    return weights.info()
 
-    path = Path(path)
-    meta = read_lora_metadata(path)
+
+def check_fits(unet: nn.Module, weights: LoraWeights) -> None:
+    """InputError naming the file unless every layer of ``weights`` is a Linear/Conv2d of ``unet`` of the right size."""
     modules = dict(unet.named_modules())
-    absent = [t for t in meta["targets"] if not isinstance(modules.get(t), _WRAPPABLE)]
-    if absent:
-        raise InputError(
-            f"{path}: {len(absent)} LoRA target(s) are not layers of this UNet (e.g. {absent[0]}); "
-            "it was trained for a different base model"
-        )
-    tensors = safetensors.torch.load_file(str(path))
-    _attach(unet, meta["targets"], int(meta["rank"]), float(meta["alpha"]), float(meta["dropout"]),
-            adapter_name, True, lora_dtype)
+    for name, (down, up) in weights.layers.items():
+        m = modules.get(name)
+        if not isinstance(m, _WRAPPABLE):
+            absent = [t for t in weights.layers if not isinstance(modules.get(t), _WRAPPABLE)]
+            raise InputError(
+                f"{weights.path}: {len(absent)} LoRA target(s) are not layers of this UNet (e.g. {absent[0]}); "
+                "it was made for a different base model"
+            )
+        fan_in = m.in_features if isinstance(m, nn.Linear) else m.in_channels
+        fan_out = m.out_features if isinstance(m, nn.Linear) else m.out_channels
+        if down.shape[1] != fan_in or up.shape[0] != fan_out or (down.ndim == 4) != isinstance(m, nn.Conv2d):
+            raise InputError(
+                f"{weights.path}: LoRA weights of {name} (down {tuple(down.shape)}, up {tuple(up.shape)}) do not fit "
+                f"the layer ({fan_in} -> {fan_out}); it was made for a different base model"
+            )
+
+
+def attach_weights(
+    unet: nn.Module,
+    weights: LoraWeights,
+    adapter_name: str = ADAPTER_NAME,
+    *,
+    trainable: bool = False,
+    lora_dtype: torch.dtype | None = torch.float32,
+    multiplier: float = 1.0,
+    dropout: float = 0.0,
+) -> list[str]:
+    """Attach ``weights`` (``motia.lora_io.read_lora``) as peft adapter ``adapter_name``; return the target names.
+
+    Loading is strict: every layer must exist in ``unet`` with matching sizes, else
+    InputError naming the file (and nothing stays attached). Layers of different rank
+    are zero-padded to the largest (the delta is unchanged). peft's scale is
+    ``multiplier`` (alpha = multiplier x rank) and lora_B holds ``up / multiplier``, so the
+    delta is the file's either way: outpainting uses 1; adaptation from a file uses
+    its training multiplier (``adapt.lora.alpha / adapt.lora.rank``).
+    """
+    import torch.nn.functional as F
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    if not multiplier > 0:
+        raise ValueError(f"attach_weights: multiplier must be positive, got {multiplier}")
+    check_fits(unet, weights)
+    order = {n: i for i, (n, _) in enumerate(unet.named_modules())}
+    names = sorted(weights.layers, key=order.__getitem__)
+    rank = max(weights.ranks().values())
+    if len(set(weights.ranks().values())) > 1:
+        log.info("%s: LoRA ranks %d..%d padded with zeros to %d", weights.path, min(weights.ranks().values()), rank,
+                 rank)  # fmt: skip
+    tensors = {}
+    for name in names:
+        down, up = weights.layers[name]
+        pad = rank - down.shape[0]
+        if pad:
+            down = torch.cat([down, down.new_zeros((pad, *down.shape[1:]))])
+            up = F.pad(up.movedim(1, -1), (0, pad)).movedim(-1, 1)
+        tensors[f"{name}.lora_A.weight"] = down
+        tensors[f"{name}.lora_B.weight"] = up if multiplier == 1.0 else up / multiplier
+    _attach(unet, names, rank, multiplier * rank, float(dropout), adapter_name, True, lora_dtype)
     try:
-        expected = {k: tuple(v.shape) for k, v in lora_state_dict(unet, adapter_name).items()}
+        expected = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(unet, adapter_name=adapter_name).items()}
         missing = sorted(set(expected) - set(tensors))
         unexpected = sorted(set(tensors) - set(expected))
         wrong = sorted(k for k in set(expected) & set(tensors) if tuple(tensors[k].shape) != expected[k])
@@ -297,19 +356,18 @@ def load_lora(
             what = (f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}" if unexpected
                     else f"shape {tuple(tensors[wrong[0]].shape)} != {expected[wrong[0]]} for {wrong[0]}")
             raise InputError(
-                f"{path}: LoRA weights do not fit this UNet ({what}); "
-                "the file is damaged or was trained on a different base model"
+                f"{weights.path}: LoRA weights do not fit this UNet ({what}); "
+                "the file is damaged or was made for a different base model"
             )
-        peft_sd = convert_unet_state_dict_to_peft({k[len("unet."):]: v for k, v in tensors.items()})
-        result = set_peft_model_state_dict(unet, peft_sd, adapter_name=adapter_name)
+        result = set_peft_model_state_dict(unet, tensors, adapter_name=adapter_name)
         bad = [k for k in getattr(result, "unexpected_keys", []) if ".lora_" in k]
         if bad:
-            raise InputError(f"{path}: LoRA weight {bad[0]} was not loaded; the file is damaged")
+            raise InputError(f"{weights.path}: LoRA weight {bad[0]} was not loaded; the file is damaged")
     except BaseException:
         remove_lora(unet, adapter_name)
         raise
     set_trainable(unet, adapter_name, trainable)
-    return meta
+    return names
 
 
 def remove_lora(unet: nn.Module, adapter_name: str = ADAPTER_NAME) -> None:

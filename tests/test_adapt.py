@@ -108,7 +108,8 @@ def test_outputs_and_metadata(trained):
     out, cfg = trained["out"], trained["cfg"]
     assert trained["path"] == out / "adapter.safetensors"
     meta = read_lora_metadata(trained["path"])
-    assert meta["rank"] == cfg.adapt.lora.rank and meta["alpha"] == cfg.adapt.lora.alpha
+    assert meta["rank"] == meta["alpha"] == cfg.adapt.lora.rank and meta["trained_alpha"] == cfg.adapt.lora.alpha
+    assert meta["init_lora"] is None  # a fresh init
     assert meta["targets"] and all("motion_modules" in t for t in meta["targets"])
     assert meta["base_models"]["base"] and meta["base_models"]["motion_adapter"]
     assert meta["source"]["frame_indices"] == list(range(12)) and meta["source"]["path"].endswith("clip.mp4")

@@ -142,9 +142,11 @@ def test_save_load_roundtrip_and_diffusers_loader(unet, base_unet, inputs, tmp_p
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left
 
     meta = lora.read_lora_metadata(path)
-    assert meta["targets"] == names and meta["rank"] == 4 and meta["alpha"] == 32 and meta["dropout"] == 0
+    # alpha/rank is folded into lora.up: the file says alpha = rank and keeps the trained alpha as information.
+    assert meta["targets"] == names and meta["rank"] == 4 and meta["alpha"] == 4 and meta["dropout"] == 0
+    assert meta["trained_alpha"] == 32 and meta["layout"] == "motia"
     assert meta["adaptation"] == adaptation and meta["source_clip"] == "clip.mp4"
-    assert meta["format"] == lora.FORMAT and meta["motia_version"] == __version__
+    assert meta["format"] == lora.FORMAT == "motia-lora/2" and meta["motia_version"] == __version__
 
     fresh = copy.deepcopy(base_unet)
     assert lora.load_lora(fresh, path) == meta
