@@ -291,6 +291,7 @@ def outpaint(
     progress: bool = True,
     sink: Callable[[torch.Tensor], None] | None = None,
     callback: Callable[[dict], None] | None = None,
+    observe: Callable[[dict], None] | None = None,
 ) -> OutpaintResult:
     """Outpaint ``clip`` (a motia.video.Clip) onto the canvas the config plans, with an optional adapted LoRA.
 
@@ -303,6 +304,7 @@ def outpaint(
     unchanged afterwards. ``sink`` receives each decoded chunk
     (n, 3, H, W) instead of the result keeping all frames. ``callback({"step", "total"})``
     observes every denoising move (regret repeats count; ``total`` is all of them).
+    ``observe`` sees every sampler move (``motia.sampler.sample``'s ``observe``: levels, eps, latents).
     """
     from motia.geometry import known_mask, latent_known_mask, paste_known, place_on_canvas
     from motia.geometry import control_video as make_control
@@ -395,7 +397,7 @@ def outpaint(
             known_noise=noise if s.known_noise == "fixed" else None,  # the initial noise, as the reference
             regret_jump=s.regret.jump, regret_repeats=s.regret.repeats, regret_fraction=s.regret.fraction,
             final_alpha_cumprod=scheduler.final_alpha_cumprod, generator=generator,
-            callback=on_move, progress=False,
+            callback=on_move, observe=observe, progress=False,
         )  # (1, 4, F, h, w)
     del known_latents, noise
     t_sampled = time.perf_counter()

@@ -190,6 +190,7 @@ def sample(
     final_alpha_cumprod: torch.Tensor | float | None = None,
     generator: torch.Generator | None = None,
     callback: Callable[[int, int, torch.Tensor], None] | None = None,
+    observe: Callable[[dict], None] | None = None,
     progress: bool | None = None,
 ) -> torch.Tensor:
     """Denoise ``latents`` (B, C, F, h, w), the initial noise at timesteps[0], to clean latents.
@@ -238,7 +239,10 @@ def sample(
     with tqdm(total=total, disable=not progress, desc="denoise", leave=False) as bar:
         for src, dst in moves:
             if dst < src:
-                x = renoise(x, levels[src], levels[dst], randn_like(x, generator))
+                noise = randn_like(x, generator)
+                x = renoise(x, levels[src], levels[dst], noise)
+                if observe is not None:
+                    observe({"kind": "renoise", "src": src, "dst": dst, "noise": noise, "x": x})
                 continue
             guided = guidance_scale != 1.0 and (guidance_steps is None or src < guidance_steps)
             eps = eps_fn(x, timesteps[src], {**base, "guided": guided, "step": src, "move": done})
@@ -246,6 +250,9 @@ def sample(
             if known_latents is not None:
                 alpha = None if dst == num_steps else levels[dst]
                 x = known_blend(x, known_latents, known_mask, alpha, generator, known_noise)
+            if observe is not None:
+                observe({"kind": "step", "src": src, "dst": dst, "move": done, "t": timesteps[src],
+                         "guided": guided, "eps": eps, "x": x})
             if callback is not None:
                 callback(done, total, x)
             done += 1

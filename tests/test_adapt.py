@@ -229,6 +229,32 @@ def test_bad_input_is_one_line_and_writes_nothing(clip_path, tmp_path, capsys, o
     assert not out.exists()
 
 
+def test_train_entry_in_process(clip_path, tmp_path, monkeypatch, capsys):
+    """train/adapt.py run as ``accelerate launch`` runs it (as __main__, with its argv), in this process.
+
+    It covers the entry's path (arguments, `motia adapt`, the Accelerator from the config, training,
+    the exit codes); the real launcher subprocess is ``test_accelerate_launch`` under ``slow``.
+    """
+    import runpy
+
+    entry = str(REPO / "train" / "adapt.py")
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the entry puts the checkout on sys.path
+    out = tmp_path / "entry"
+    monkeypatch.setattr(sys, "argv", [entry, "--config", str(TINY), f"video.path={clip_path}", "video.resize=none",
+                                      "adapt.steps=2", "adapt.frames=4", f"output.dir={out}"])
+    with pytest.raises(SystemExit) as done:
+        runpy.run_path(entry, run_name="__main__")
+    assert done.value.code == 0
+    assert read_lora_metadata(out / "clip" / "adapter" / "adapter.safetensors")["steps"] == 2
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "argv", [entry, "--config", str(tmp_path / "none.yaml")])
+    with pytest.raises(SystemExit) as bad:
+        runpy.run_path(entry, run_name="__main__")
+    err = capsys.readouterr().err.strip()
+    assert bad.value.code == 2 and err.startswith("error: ") and "none.yaml" in err and "\n" not in err
+
+
+@pytest.mark.slow  # ~20 s of subprocess start-up; test_train_entry_in_process covers the same path in-process
 def test_accelerate_launch(clip_path, tmp_path):
     """The launcher's own --mixed_precision is what `adapt.mixed_precision: auto` (tiny.yaml) trains with."""
     out = tmp_path / "launch"

@@ -11,11 +11,19 @@ from motia.config import load_config
 from motia.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-CHEAP = [  # small and fast: 2 steps, no guidance, no regret, windows 16/4, no resizing
-    "sample.steps=2", "sample.guidance_scale=1.0", "sample.regret.repeats=0",
+CHEAP = [  # small and fast, every piece on: 2 steps, guidance on step 0, one regret repeat, windows 16/4
+    "sample.steps=2", "sample.guidance_scale=7.5", "sample.guidance_steps=1", "sample.negative_prompt=blurry",
+    "sample.regret.jump=1", "sample.regret.repeats=1", "sample.regret.fraction=0.5",
     "sample.window.frames=16", "sample.window.stride=4", "video.resize=none",
     "outpaint.left=0.25", "outpaint.right=0.25",
 ]
+CHEAP_MOVES = [2, 2, 1]  # UNet batch per move: levels 0 (guided), regret back to 0 (guided), 1 (plain)
+PLAIN = ["sample.guidance_scale=1.0", "sample.regret.repeats=0"]  # where the test is about something else
+
+
+def unet_batches(components, calls):
+    """Forward pre-hook on the UNet appending each call's batch size (the doubled batch of a guided call is 2)."""
+    return components.unet.register_forward_pre_hook(lambda m, args: calls.append(int(args[0].shape[0])))
 
 
 def make_cfg(video, *overrides, tmp=None):
@@ -81,22 +89,35 @@ def box(frames, canvas):
 
 @pytest.mark.parametrize("num_frames", [1, 7, 16, 37, 100])
 def test_every_frame_is_outpainted_for_any_length(num_frames, clip_file, components):
-    cfg = make_cfg(clip_file, f"video.max_frames={num_frames}")
-    result = run(cfg, components)
+    # About lengths and windows: plain 2-step sampling keeps 22 windows cheap (tests/test_wiring.py composes
+    # windows with guidance and regret).
+    cfg = make_cfg(clip_file, f"video.max_frames={num_frames}", *PLAIN)
+    frames = []
+    hook = components.unet.register_forward_pre_hook(lambda m, args: frames.append(int(args[0].shape[2])))
+    try:
+        result = run(cfg, components)
+    finally:
+        hook.remove()
     assert result.frames.shape == (num_frames, 3, 32, 48)
     assert torch.isfinite(result.frames).all()
     assert result.frames.min() >= 0 and result.frames.max() <= 1
     assert result.latents.shape == (1, 4, num_frames, 4, 6)
     expected_windows = {1: 1, 7: 1, 16: 1, 37: 7, 100: 22}[num_frames]
-    assert result.work["windows"] == expected_windows
-    assert result.work["unet_calls"] == 2 * expected_windows
+    assert frames == [min(num_frames, 16)] * 2 * expected_windows  # measured: each step calls every window once
+    assert result.work["windows"] == expected_windows and result.work["unet_calls"] == len(frames)
 
 
 def test_known_region_is_the_input_and_seed_decides(baseline, clip_file, components):
     cfg, first = baseline
     source = load(cfg).frames
     assert torch.equal(box(first.frames, first.canvas), source)  # pasted back bit for bit
-    again = run(cfg, components)
+    calls = []
+    hook = unet_batches(components, calls)
+    try:
+        again = run(cfg, components)
+    finally:
+        hook.remove()
+    assert calls == CHEAP_MOVES  # the shared baseline runs guidance and a regret repeat
     assert torch.equal(again.frames, first.frames)
     assert torch.equal(again.latents, first.latents)
     other = run(make_cfg(clip_file, "video.max_frames=7", "seed=1"), components)
@@ -194,18 +215,13 @@ def test_lora_and_insertion_map(baseline, clip_file, components, tmp_path, monke
 
 def test_noise_regret_off_is_the_plain_loop(baseline, clip_file, components):
     calls = []
-    hook = components.unet.register_forward_pre_hook(lambda m, args: calls.append(1))
+    hook = unet_batches(components, calls)
     try:
-        regret = ["video.max_frames=7", "sample.regret.jump=1", "sample.regret.fraction=1.0"]
-        off = run(make_cfg(clip_file, *regret, "sample.regret.repeats=0"), components)
-        assert len(calls) == 2  # M = 0: one call per step, as the plain loop
-        calls.clear()
-        on = run(make_cfg(clip_file, *regret, "sample.regret.repeats=1"), components)
+        off = run(make_cfg(clip_file, "video.max_frames=7", "sample.regret.repeats=0"), components)
     finally:
         hook.remove()
-    assert torch.equal(off.frames, baseline[1].frames)  # the baseline runs with regret off entirely
-    assert len(calls) == on.work["unet_calls"] == 3  # level 1 re-noised to 0 and denoised again once
-    assert (on.frames - off.frames).abs().max() > 1e-4
+    assert calls == [2, 1]  # M = 0: one call per step, as the plain loop (guided on step 0)
+    assert (baseline[1].frames - off.frames).abs().max() > 1e-4  # the baseline's regret repeat changes the result
 
 
 def test_callback_observes_every_denoising_move(baseline, clip_file, components):
@@ -215,27 +231,8 @@ def test_callback_observes_every_denoising_move(baseline, clip_file, components)
     assert seen == [{"step": i, "total": 3} for i in (1, 2, 3)] and result.work["model_moves"] == 3
     seen.clear()
     assert torch.equal(run(baseline[0], components, callback=seen.append).frames, baseline[1].frames)  # it only observes
-    assert seen == [{"step": 1, "total": 2}, {"step": 2, "total": 2}]
-
-
-def test_guidance_only_on_the_configured_steps(clip_file, components):
-    batches = {"unet": [], "controlnet": []}
-
-    def record(name):
-        return lambda m, args, kwargs: batches[name].append(int((args[0] if args else kwargs["sample"]).shape[0]))
-
-    hooks = [components.unet.register_forward_pre_hook(record("unet"), with_kwargs=True),
-             components.controlnet.register_forward_pre_hook(record("controlnet"), with_kwargs=True)]
-    try:
-        cfg = make_cfg(clip_file, "video.max_frames=7", "sample.steps=3", "sample.guidance_scale=7.5",
-                       "sample.guidance_steps=1", "sample.negative_prompt=blurry")
-        result = run(cfg, components)
-    finally:
-        for h in hooks:
-            h.remove()
-    assert batches["unet"] == [2, 1, 1]  # (B, C, F, h, w): doubled batch on the first step only
-    assert batches["controlnet"] == [14, 7, 7]  # per frame of the window
-    assert result.work["guided_calls"] == 1 and torch.isfinite(result.frames).all()
+    moves = baseline[1].work["model_moves"]
+    assert seen == [{"step": i, "total": moves} for i in range(1, moves + 1)]
 
 
 def test_window_longer_than_the_motion_module_is_rejected(clip_file, components):
@@ -245,6 +242,7 @@ def test_window_longer_than_the_motion_module_is_rejected(clip_file, components)
 
 
 def test_odd_source_end_to_end_with_audio(tmp_path):
+    from motia.job import ModelCache
     from motia.outpaint import outpaint_from_config
     from motia.video import probe_video, read_video
 
@@ -253,7 +251,13 @@ def test_odd_source_end_to_end_with_audio(tmp_path):
         "video.path=sample:clip", "video.resize=short_side", "video.size=37", "video.start=3",
         "video.max_frames=5", f"output.dir={tmp_path}", "output.name=odd", "output.gif=true", "output.frames=true",
     ])
-    summary = outpaint_from_config(cfg)
+    models = ModelCache()
+    calls = []
+    hook = unet_batches(models.get(cfg.models), calls)
+    try:
+        summary = outpaint_from_config(cfg, models=models)
+    finally:
+        hook.remove()
     run_dir = tmp_path / "odd"
     out = summary["outputs"]
     assert set(out) == {"mp4", "gif", "frames", "side_by_side", "config", "summary"}
@@ -266,7 +270,7 @@ def test_odd_source_end_to_end_with_audio(tmp_path):
     assert read_video(out["frames"]).num_frames == 5
     assert probe_video(out["side_by_side"]).num_frames == 5
     saved = json.loads((run_dir / "summary.json").read_text())
-    assert saved["frames"] == 5 and saved["unet_calls"] == 2 and saved["lora"] is None
+    assert saved["frames"] == 5 and saved["unet_calls"] == len(calls) == len(CHEAP_MOVES) and saved["lora"] is None
     assert load_config(run_dir / "config.yaml").video.max_frames == 5
     assert not [p for p in run_dir.iterdir() if p.name.startswith(".")]  # no temporary leftovers
 
@@ -294,7 +298,7 @@ def test_rau_and_channels_last_run_deterministic_and_leave_nothing(baseline, cli
         first = run(cfg, components)
     finally:
         hook.remove()
-    assert grids == [(1, 2), (2, 3)]  # latent 4x6: half resolution on step 0 of 2, the usual one on step 1
+    assert grids == [(1, 2), (1, 2), (2, 3)]  # latent 4x6: half resolution on step 0 of 2 (and its regret repeat)
     assert torch.isfinite(first.frames).all()
     assert (first.frames - baseline[1].frames).abs().max() > 1e-4
     assert torch.equal(run(cfg, components).frames, first.frames)
