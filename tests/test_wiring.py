@@ -318,7 +318,7 @@ def level_of(name: str) -> int:
 
 def lora_layer_check(components, canvas, k, lora_scale, seen):
     """UNet pre-hook that, on the first call, hooks every LoRA layer to check its output against
-    base(x) + (B A x * map) * lora_scale * alpha / r, map = the insertion map resized to the layer's grid."""
+    base(x) + (B A x * map) * lora_scale (alpha / r folded into the file's B), map = the insertion map resized to the layer's grid."""
     from peft.tuners.lora import LoraLayer
 
     from motia.geometry import insertion_map, resize_map
@@ -342,7 +342,9 @@ def lora_layer_check(components, canvas, k, lora_scale, seen):
                 placed = grid.reshape(1, gh * gw).expand(state["batch"], -1).reshape(-1, 1, 1)
             else:  # (B*F, gh*gw, C): row-major tokens
                 placed = grid.reshape(1, gh * gw, 1)
-            expected = layer.base_layer(x) + (delta * placed) * (lora_scale * ALPHA / RANK)
+            # motia-lora/2 files fold alpha/r into lora_B (x2 here, a power of two: exact), so the loaded
+            # layer's own multiplier is lora_scale alone.
+            expected = layer.base_layer(x) + (delta * placed) * lora_scale
             assert torch.equal(out, expected), name
             seen[name] = seen.get(name, 0) + 1
 
