@@ -467,13 +467,16 @@ def _resample_axis(x: torch.Tensor, dim: int, size: int, start: float, scale: fl
 
     Pillow's separable resampling (``Image.resize(box=...)``): bicubic taps around
     each output centre, widened by the scale when shrinking (antialiasing); taps
-    outside the input are dropped and the rest renormalised.
+    outside the input are dropped and the rest renormalised. Centres beyond the
+    input are moved onto its edge pixels (Pillow refuses such boxes).
     """
     n = x.shape[dim]
     fscale = max(scale, 1.0)
     support = 2.0 * fscale
     taps = math.ceil(support) * 2 + 1
     centre = start + (torch.arange(size, dtype=torch.float64) + 0.5) * scale  # (size,)
+    # Output pixels beyond the input's edges (a rounding pixel or so) take the edge's taps.
+    centre = centre.clamp(0.0, float(n))
     lo = torch.trunc(centre - support + 0.5).clamp(min=0)
     hi = torch.trunc(centre + support + 0.5).clamp(max=n)
     pos = lo[:, None] + torch.arange(taps, dtype=torch.float64)  # (size, taps)
@@ -500,7 +503,7 @@ def resample_canvas(frames: torch.Tensor, src: Canvas, dst: Canvas) -> torch.Ten
     axis), so what the model generated next to its box lands next to the native
     source. Bicubic (Pillow's kernel; antialiased when shrinking), clamped to [0, 1];
     ``dst`` pixels beyond ``src``'s edges (at most about a pixel from rounding) take
-    the nearest edge taps. ``src == dst`` returns ``frames`` itself.
+    the edge pixels. ``src == dst`` returns ``frames`` itself.
     """
     _check_frames(frames, src.height, src.width, "frames")
     if src == dst:
@@ -546,6 +549,13 @@ def _nearest_known(known: torch.Tensor, radius: int) -> tuple[torch.Tensor, torc
 
 
 # ----------------------------------------------------------------------------- paste
+
+
+def feather_pixels(feather: float, canvas: Canvas) -> float:
+    """``output.feather`` in pixels of ``canvas``: pixels as given (>= 1, or 0), a fraction (< 1) of the box's short side."""
+    if feather < 0:
+        raise ValueError(f"feather must be >= 0, got {feather}")
+    return float(feather) if feather >= 1 or feather == 0 else feather * min(canvas.src_h, canvas.src_w)
 
 
 def paste_known(

@@ -426,6 +426,11 @@ def test_resample_canvas_maps_box_onto_box_like_pillow():
     out = resample_canvas(frames, src, down)
     assert (out - _pillow_resample(frames, (15, 7), (0.0, 1.0, 30.0, 15.0))).abs().max() < 1e-5
     assert resample_canvas(frames, src, src) is frames
+    # A dst canvas reaching a pixel beyond src's edges (rounding) takes the edge, not black.
+    flat = torch.full((1, 3, 8, 8), 0.5)
+    wide = resample_canvas(flat, Canvas(4, 4, 8, 8, 2, 2), Canvas(src_h=4, src_w=4, height=10, width=10, top=3, left=3))
+    assert (wide - 0.5).abs().max() < 1e-6
+    assert torch.equal(wide[..., 1:9, 1:9], flat)  # the same scale, shifted by whole pixels: a plain copy
 
 
 def test_scale_canvas_keeps_the_box_in_proportion():
