@@ -267,23 +267,47 @@ def _reason(e: BaseException) -> str:
     return text[:160]
 
 
-def _read_decord(path: Path, sel: _Selection) -> tuple[np.ndarray, float, list[int]]:
+class _Converted:
+    """Decoded uint8 frames turned into float clip frames ``_CHUNK`` at a time: only one chunk is ever held at full size."""
+
+    def __init__(self, convert):
+        self.convert, self.raw, self.out = convert, [], []
+
+    def add(self, frames: np.ndarray) -> None:  # (n, H, W, 3) uint8, or one frame (H, W, 3)
+        self.raw.extend(frames if frames.ndim == 4 else [frames])
+        if len(self.raw) >= _CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.raw:
+            self.out.append(self.convert(np.stack(self.raw)))
+            self.raw = []
+
+    def result(self) -> torch.Tensor:
+        self.flush()
+        return torch.cat(self.out)
+
+
+def _read_decord(path: Path, sel: _Selection, convert) -> tuple[torch.Tensor, float, list[int]]:
     import decord
 
     vr = decord.VideoReader(str(path), ctx=decord.cpu(0))  # full size: see module docstring
     idx = sel.indices(len(vr))
     if not idx:
         raise _NoFrames(len(vr))
-    frames = vr.get_batch(idx).asnumpy()  # (N, H, W, 3) uint8, decodes only what idx needs
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"decord returned frames of shape {tuple(frames.shape)}")
-    return frames, float(vr.get_avg_fps()), idx
+    frames = _Converted(convert)
+    for i in range(0, len(idx), _CHUNK):
+        batch = vr.get_batch(idx[i : i + _CHUNK]).asnumpy()  # (n, H, W, 3) uint8, decodes only what idx needs
+        if batch.ndim != 4 or batch.shape[-1] != 3:
+            raise ValueError(f"decord returned frames of shape {tuple(batch.shape)}")
+        frames.add(batch)
+    return frames.result(), float(vr.get_avg_fps()), idx
 
 
-def _read_pyav(path: Path, sel: _Selection) -> tuple[np.ndarray, float, list[int]]:
+def _read_pyav(path: Path, sel: _Selection, convert) -> tuple[torch.Tensor, float, list[int]]:
     import av
 
-    frames, idx = [], []
+    frames, idx = _Converted(convert), []
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -292,16 +316,16 @@ def _read_pyav(path: Path, sel: _Selection) -> tuple[np.ndarray, float, list[int
         for i, frame in enumerate(container.decode(stream)):
             total = i + 1
             if sel.wants(i, len(idx)):
-                frames.append(frame.to_ndarray(format="rgb24"))
+                frames.add(frame.to_ndarray(format="rgb24"))
                 idx.append(i)
             if sel.full(len(idx)):
                 break
     if not idx:
         raise _NoFrames(total)
-    return np.stack(frames), fps, idx
+    return frames.result(), fps, idx
 
 
-def _read_imageio(path: Path, sel: _Selection) -> tuple[np.ndarray, float, list[int]]:
+def _read_imageio(path: Path, sel: _Selection, convert) -> tuple[torch.Tensor, float, list[int]]:
     import imageio.v3 as iio
 
     if path.suffix.lower() == ".gif":
@@ -311,45 +335,51 @@ def _read_imageio(path: Path, sel: _Selection) -> tuple[np.ndarray, float, list[
     else:
         plugin, kwargs = "FFMPEG", {}
         fps = float(iio.immeta(path, plugin=plugin)["fps"])
-    frames, idx, total = [], [], 0
+    frames, idx, total = _Converted(convert), [], 0
     for i, frame in enumerate(iio.imiter(path, plugin=plugin, **kwargs)):
         total = i + 1
         if sel.wants(i, len(idx)):
-            frames.append(np.asarray(frame)[..., :3])
+            frames.add(np.ascontiguousarray(np.asarray(frame)[..., :3]))
             idx.append(i)
         if sel.full(len(idx)):
             break
     if not idx:
         raise _NoFrames(total)
-    return np.stack(frames), fps, idx
+    return frames.result(), fps, idx
 
 
 _READERS = {"decord": _read_decord, "pyav": _read_pyav, "imageio": _read_imageio}
 
 
-def _read_images(files: list[Path], sel: _Selection) -> tuple[np.ndarray, list[int]]:
+def _load_image(file: Path) -> np.ndarray:
+    """One image as uint8 (H, W, 3)."""
     from PIL import Image
 
+    try:
+        with Image.open(file) as im:
+            return np.asarray(im.convert("RGB"))
+    except Exception as e:  # noqa: BLE001
+        raise InputError(f"{file}: cannot read image ({_reason(e)}); replace or remove it") from e
+
+
+def _read_images(files: list[Path], sel: _Selection, convert) -> tuple[torch.Tensor, list[int]]:
     idx = sel.indices(len(files))
     if not idx:
         raise _NoFrames(len(files))
-    frames = []
+    frames, first = _Converted(convert), None
     for i in idx:
-        try:
-            with Image.open(files[i]) as im:
-                frames.append(np.asarray(im.convert("RGB")))
-        except Exception as e:  # noqa: BLE001
-            raise InputError(f"{files[i]}: cannot read image ({_reason(e)}); replace or remove it") from e
-        if frames[-1].shape != frames[0].shape:
-            h, w = frames[0].shape[:2]
+        frame = _load_image(files[i])
+        first = frame.shape if first is None else first
+        if frame.shape != first:
             raise InputError(
-                f"{files[i]}: size {frames[-1].shape[1]}x{frames[-1].shape[0]} differs from the first frame's "
-                f"{w}x{h}; give every frame in the folder the same size"
+                f"{files[i]}: size {frame.shape[1]}x{frame.shape[0]} differs from the first frame's "
+                f"{first[1]}x{first[0]}; give every frame in the folder the same size"
             )
-    return np.stack(frames), idx
+        frames.add(frame)
+    return frames.result(), idx
 
 
-def _decode(path: Path, sel: _Selection, backend: str) -> tuple[np.ndarray, float, list[int], str]:
+def _decode(path: Path, sel: _Selection, backend: str, convert) -> tuple[torch.Tensor, float, list[int], str]:
     """Run the chosen reader, or in "auto" the first of decord, PyAV, imageio that works."""
     if backend == "auto":
         # decord cannot measure GIFs ("broken metadata"), so it is not even tried there.
@@ -359,7 +389,7 @@ def _decode(path: Path, sel: _Selection, backend: str) -> tuple[np.ndarray, floa
     errors = []
     for name in names:
         try:
-            frames, fps, idx = _READERS[name](path, sel)
+            frames, fps, idx = _READERS[name](path, sel, convert)
             return frames, fps, idx, name
         except _NoFrames as e:
             if e.total > 0 or name == names[-1]:
@@ -426,7 +456,8 @@ def read_video(
     ``size`` is the target length of the short or long side (``resize``), aspect ratio
     kept; ``None`` or ``resize="none"`` keeps the source size. ``backend`` picks the
     video decoder ("auto" tries decord, PyAV, imageio in turn). The clip's fps is the
-    source fps divided by ``stride``.
+    source fps divided by ``stride``. Frames are decoded and resized ``_CHUNK`` at a
+    time, so only the resized clip is ever held whole.
     """
     if backend not in BACKENDS:
         raise ConfigError(f"backend={backend!r} is not one of {', '.join(BACKENDS)}; pick one of them")
@@ -438,13 +469,17 @@ def read_video(
     target_size(1, 1, size, resize)  # validate before decoding anything
     path, kind = _check_path(path)
     sel = _Selection(start, stride, max_frames)
+
+    def convert(raw: np.ndarray) -> torch.Tensor:  # a decoded chunk, resized at once: the full size never piles up
+        return _to_float_frames(raw, size, resize)
+
     try:
         if kind == "video":
-            raw, source_fps, idx, used = _decode(path, sel, backend)
+            frames, source_fps, idx, used = _decode(path, sel, backend, convert)
             has_audio = _audio_info(path)[0]
         else:
             files = _image_files(path) if kind == "folder" else [path]
-            raw, idx = _read_images(files, sel)
+            frames, idx = _read_images(files, sel, convert)
             source_fps, used, has_audio = IMAGE_FPS, "pillow", False
     except _NoFrames as e:
         if e.total == 0:
@@ -455,8 +490,7 @@ def read_video(
     if not source_fps or source_fps <= 0:
         logger.warning("%s reports no frame rate; assuming %s fps", path, IMAGE_FPS)
         source_fps = IMAGE_FPS
-    frames = _to_float_frames(raw, size, resize)  # (F, 3, H, W)
-    return Clip(frames, source_fps / stride, path, idx, has_audio, source_fps, used)
+    return Clip(frames, source_fps / stride, path, idx, has_audio, source_fps, used)  # frames: (F, 3, H, W)
 
 
 def iter_frames(
@@ -481,7 +515,7 @@ def iter_frames(
         if idx[-1] >= len(files):
             raise InputError(f"{path}: has {len(files)} image(s), frame {idx[-1]} is needed; the folder changed")
         for i in idx:
-            yield _read_images([files[i]], _Selection())[0][0]
+            yield _load_image(files[i])
         return
     if backend in ("auto", "pillow"):
         backend = "pyav"

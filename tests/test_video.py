@@ -341,3 +341,18 @@ def test_iter_frames_streams_the_selected_frames_at_full_size(mp4, backend, tmp_
     src = smooth_frames(4, 21, 33)
     write_frames(tmp_path / "pngs", src)
     assert np.array_equal(np.stack(list(iter_frames(tmp_path / "pngs", [0, 2], backend="pillow"))), to_uint8(src[[0, 2]]))
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav", "imageio"])
+def test_read_video_never_holds_the_full_size_clip(tmp_path, monkeypatch, backend):
+    import motia.video as V
+
+    if backend == "decord":
+        pytest.importorskip("decord", reason="decord has no wheel for this platform")
+    path = write_video(tmp_path / "c.mp4", smooth_frames(40, 48, 64), fps=8)  # decord fails on 48 px wide frames
+    seen = []
+    convert = V._to_float_frames
+    monkeypatch.setattr(V, "_to_float_frames", lambda raw, *a: seen.append(len(raw)) or convert(raw, *a))
+    clip = read_video(path, size=16, backend=backend)
+    assert clip.frames.shape == (40, 3, 16, 21)
+    assert sum(seen) == 40 and max(seen) <= V._CHUNK  # decoded frames are resized a chunk at a time
