@@ -101,8 +101,7 @@ class OutputWriter:
 
     def __call__(self, chunk: torch.Tensor) -> None:
         """Write a chunk of decoded frames (n, 3, H, W) on the model's canvas."""
-        from motia.geometry import paste_known, place_on_canvas, resample_canvas
-        from motia.video import side_by_side
+        from motia.geometry import paste_known, resample_canvas
 
         step = max(1, _STEP_BYTES // (self.out.height * self.out.width * 3 * 4))
         for i in range(0, chunk.shape[0], step):
@@ -115,14 +114,24 @@ class OutputWriter:
                 frames = paste_known(frames, source, self.out, self.feather)
             t2 = time.perf_counter()
             for kind, writer in self.writers.items():
-                if kind == "side_by_side":
-                    writer.write(_fit(side_by_side(place_on_canvas(source, self.out, 0.0), frames)))
-                else:
-                    writer.write(frames)
+                writer.write(self._side_by_side(source, frames) if kind == "side_by_side" else frames)
             self.timings["read"] += t1 - t0
             self.timings["canvas_paste"] += t2 - t1
             self.timings["write"] += time.perf_counter() - t2
             self.count += part.shape[0]
+
+    def _side_by_side(self, source: torch.Tensor, frames: torch.Tensor, gap: int = 4) -> torch.Tensor:
+        """Source on the canvas | result, each half shrunk (antialiased) so the pair fits ``SIDE_BY_SIDE_MAX``."""
+        from motia.geometry import place_on_canvas, scale_canvas
+        from motia.video import side_by_side
+
+        h, w = self.out.height, self.out.width
+        scale = min(1.0, SIDE_BY_SIDE_MAX[0] / h, (SIDE_BY_SIDE_MAX[1] - gap) / (2 * w))
+        if scale == 1.0:
+            return side_by_side(place_on_canvas(source, self.out, 0.0), frames, gap)
+        small = scale_canvas(self.out, max(2, 2 * int(h * scale / 2)), max(2, 2 * int(w * scale / 2)))
+        left = place_on_canvas(_shrink(source, small.src_h, small.src_w), small, 0.0)
+        return side_by_side(left, _shrink(frames, small.height, small.width), gap)
 
     def close(self) -> dict[str, str]:
         """Finish every file; return their paths by kind (mp4, gif, frames, side_by_side)."""
@@ -162,11 +171,6 @@ def _frame_canvas(h: int, w: int):
     return Canvas(src_h=h, src_w=w, height=h, width=w, top=0, left=0)
 
 
-def _fit(frames: torch.Tensor) -> torch.Tensor:
-    """Shrink (F, 3, H, W) frames to fit ``SIDE_BY_SIDE_MAX`` (even sizes, antialiased); smaller ones unchanged."""
-    h, w = frames.shape[-2:]
-    scale = min(1.0, SIDE_BY_SIDE_MAX[0] / h, SIDE_BY_SIDE_MAX[1] / w)
-    if scale == 1.0:
-        return frames
-    size = (max(2, 2 * int(h * scale / 2)), max(2, 2 * int(w * scale / 2)))
-    return F.interpolate(frames, size=size, mode="bilinear", antialias=True, align_corners=False).clamp_(0.0, 1.0)
+def _shrink(frames: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(F, 3, H, W) -> (F, 3, h, w), antialiased bilinear (a preview's resize), clamped to [0, 1]."""
+    return F.interpolate(frames, size=(h, w), mode="bilinear", antialias=True, align_corners=False).clamp_(0.0, 1.0)

@@ -592,7 +592,8 @@ def to_uint8(frames: torch.Tensor | np.ndarray) -> np.ndarray:
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"torch frames must be (F, 3, H, W), got {tuple(frames.shape)}")
         if x.dtype != torch.uint8:
-            x = x.float().clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
+            # One float temporary, updated in place: at native scale every extra copy is tens of MB.
+            x = x.float().clamp(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)
         return x.permute(0, 2, 3, 1).contiguous().numpy()  # (F, H, W, 3)
     x = np.asarray(frames)
     if x.ndim == 3:

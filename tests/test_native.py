@@ -179,7 +179,8 @@ def test_two_runs_write_identical_videos(tmp_path):
         assert Path(first[kind]).read_bytes() == again.read_bytes()
 
 
-def test_odd_native_size(tmp_path, components):
+def test_odd_native_size(tmp_path, components, monkeypatch):
+    import motia.output
     from motia.job import load_clip, native_size, plan_output
     from motia.outpaint import outpaint, write_outputs
     from motia.video import write_frames
@@ -198,6 +199,9 @@ def test_odd_native_size(tmp_path, components):
     assert np.array_equal(pngs[:, top:bottom, left:right], png_frames(src))
     sbs = decoded(out["side_by_side"])
     assert sbs.shape == (3, 406, 2 * 1082 + 4, 3)
+    monkeypatch.setattr(motia.output, "SIDE_BY_SIDE_MAX", (2160, 1200))  # a wider pair is shrunk to fit
+    small = write_outputs(cfg, clip, result, tmp_path / "small")
+    assert decoded(small["side_by_side"]).shape == (3, 224, 1200, 3)
 
 
 def test_info_prints_both_canvases_and_warns_on_upsampling(clip540, tmp_path):
