@@ -14,7 +14,8 @@ Conventions used throughout:
   Box coordinates are ``(top, left, bottom, right)`` with bottom/right exclusive.
 
 Everything is vectorised tensor code: distances come from broadcast row/column
-clamps, the feathered seam from a clamped-index gather.
+clamps, the feathered seam from edge replication (a per-frame known mask: an exact
+separable distance transform), resampling from two banded-weight matmuls.
 """
 
 from __future__ import annotations

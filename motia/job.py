@@ -156,7 +156,8 @@ def describe(cfg: JobConfig) -> str:
                          "frames_used": f, "size_used": f"{h}x{w}"}
         out["canvas"] = canvas.to_dict()
         written = plan_output(cfg, canvas, info.height, info.width)
-        scale = "the model's" if written == canvas else ("native" if written.src_h == info.height else "delivery")
+        o = cfg.output
+        scale = "delivery" if o.height or o.width else ("the model's" if o.resolution == "model" else "native")
         out["canvas_model"] = f"{canvas.width} x {canvas.height} (W x H, video.size)"
         out["canvas_output"] = f"{written.width} x {written.height} (W x H, {scale} scale)"
         warning = upsampling_warning(cfg, h, info.height)

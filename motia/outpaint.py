@@ -499,6 +499,7 @@ def outpaint_from_config(
         "frames": clip.num_frames,
         "fps": cfg.output.fps or clip.fps,
         "source_size": [clip.height, clip.width],
+        "native_size": list(native),
         "canvas": result.canvas.to_dict(),
         "output_canvas": out_canvas.to_dict(),
         "windows": result.work["windows"],

@@ -6,10 +6,12 @@ Conventions
   tensors are always channels-first, numpy arrays always channels-last.
 - Inputs: video files (mp4, mov, webm, mkv, avi, m4v, gif), a folder of images (sorted
   naturally, ``frame2`` before ``frame10``), or a single image (one frame).
-- Video files are decoded by decord, else PyAV, else imageio (``backend="auto"``).
-  decord always decodes at full size: its own width/height resize returned garbage
-  4-channel frames for some sizes, so every backend resizes here, in float, with
-  torch's antialiased bilinear interpolation.
+- Video files are decoded by PyAV, else decord, else imageio (``backend="auto"``).
+  PyAV streams with flat memory; decord's ``get_batch`` kept growing with the frames
+  read (about 1 GB after 300 1080p frames, most of it kept after the reader is
+  gone), so it is only the fallback. decord always decodes at full size: its own
+  width/height resize returned garbage 4-channel frames for some sizes, so every
+  backend resizes here, in float, with torch's antialiased bilinear interpolation.
 - H.264 yuv420p needs even sizes. ``write_video`` pads an odd width or height by
   replicating the last column or row, so the mp4 is at most one pixel wider/taller
   than the frames given; ``write_gif`` and ``write_frames`` keep the real size.
@@ -58,7 +60,8 @@ BACKENDS = ("auto", "decord", "pyav", "imageio")
 RESIZE_MODES = ("short_side", "long_side", "none")
 IMAGE_FPS = 8.0  # frame rate given to image folders and single images, which carry none
 
-_CHUNK = 16  # frames converted/resized at once: bounds the float copy of full-size frames
+_CHUNK = 16  # frames decoded at once before they are converted and resized
+_FLOAT_BYTES = 64 << 20  # full-size frames converted to float at once (two 1080p frames)
 
 
 # ----------------------------------------------------------------------------- data
@@ -380,10 +383,10 @@ def _read_images(files: list[Path], sel: _Selection, convert) -> tuple[torch.Ten
 
 
 def _decode(path: Path, sel: _Selection, backend: str, convert) -> tuple[torch.Tensor, float, list[int], str]:
-    """Run the chosen reader, or in "auto" the first of decord, PyAV, imageio that works."""
+    """Run the chosen reader, or in "auto" the first of PyAV, decord, imageio that works."""
     if backend == "auto":
         # decord cannot measure GIFs ("broken metadata"), so it is not even tried there.
-        names = ["pyav", "imageio"] if path.suffix.lower() == ".gif" else ["decord", "pyav", "imageio"]
+        names = ["pyav", "imageio"] if path.suffix.lower() == ".gif" else ["pyav", "decord", "imageio"]
     else:
         names = [backend]
     errors = []
@@ -431,14 +434,15 @@ def resize_frames(frames: torch.Tensor, size: int | None, resize: str = "short_s
 
 
 def _to_float_frames(frames: np.ndarray, size: int | None, resize: str) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> float32 (N, 3, H', W') in [0, 1], resized chunk by chunk."""
+    """uint8 (N, H, W, 3) -> float32 (N, 3, H', W') in [0, 1], resized a few frames at a time."""
     n, height, width = frames.shape[:3]
     h, w = target_size(height, width, size, resize)
     out = torch.empty((n, 3, h, w), dtype=torch.float32)
-    for i in range(0, n, _CHUNK):
-        chunk = torch.from_numpy(np.ascontiguousarray(frames[i : i + _CHUNK]))  # (n, H, W, 3)
+    step = max(1, _FLOAT_BYTES // (height * width * 3 * 4))  # the full-size float copy stays small
+    for i in range(0, n, step):
+        chunk = torch.from_numpy(np.ascontiguousarray(frames[i : i + step]))  # (n, H, W, 3)
         chunk = chunk.permute(0, 3, 1, 2).float().div_(255.0)  # (n, 3, H, W)
-        out[i : i + _CHUNK] = resize_frames(chunk, size, resize)
+        out[i : i + step] = resize_frames(chunk, size, resize)
     return out
 
 
@@ -455,7 +459,7 @@ def read_video(
 
     ``size`` is the target length of the short or long side (``resize``), aspect ratio
     kept; ``None`` or ``resize="none"`` keeps the source size. ``backend`` picks the
-    video decoder ("auto" tries decord, PyAV, imageio in turn). The clip's fps is the
+    video decoder ("auto" tries PyAV, decord, imageio in turn). The clip's fps is the
     source fps divided by ``stride``. Frames are decoded and resized ``_CHUNK`` at a
     time, so only the resized clip is ever held whole.
     """
@@ -519,11 +523,6 @@ def iter_frames(
         return
     if backend in ("auto", "pillow"):
         backend = "pyav"
-        if path.suffix.lower() != ".gif":
-            with contextlib.suppress(ImportError):
-                import decord  # noqa: F401
-
-                backend = "decord"
     if backend not in _READERS:
         raise ConfigError(f"backend={backend!r} is not one of {', '.join(BACKENDS)}; pick one of them")
     count = 0

@@ -1,6 +1,6 @@
 """Native-scale output: peak host memory and time for a 1080x1920 (W x H) portrait clip at two lengths.
 
-    python scripts/bench_native.py                      # 30 and 300 frames, native and model-scale output
+    python scripts/bench_native.py                      # 30, 60 and 300 frames, native and model-scale output
     python scripts/bench_native.py --frames 30 --steps 2 --resolutions native
 
 Each case is one `motia outpaint` run (tiny models, ``configs/tiny.yaml``, ``outpaint.aspect=16:9``)
@@ -82,7 +82,7 @@ def run_case(clip: Path, out: Path, resolution: str, steps: int) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--frames", type=int, nargs="+", default=[30, 300])
+    p.add_argument("--frames", type=int, nargs="+", default=[30, 60, 300])
     p.add_argument("--steps", type=int, default=2, help="sampling steps (the model part is not what is measured)")
     p.add_argument("--resolutions", nargs="+", default=["native", "model"], choices=["native", "model"])
     p.add_argument("--child", nargs=argparse.REMAINDER, dest="overrides", help=argparse.SUPPRESS)
@@ -111,9 +111,9 @@ def main() -> None:
                       flush=True)
     for res in args.resolutions:
         lengths = sorted(n for n, r in peaks if r == res)
-        if len(lengths) > 1:
-            print(f"{res}: peak RSS at {lengths[-1]} frames = {peaks[lengths[-1], res] / peaks[lengths[0], res]:.2f}x "
-                  f"the peak at {lengths[0]} frames")
+        for i, a in enumerate(lengths):
+            for b in lengths[i + 1 :]:
+                print(f"{res}: peak RSS at {b} frames = {peaks[b, res] / peaks[a, res]:.2f}x the peak at {a} frames")
 
 
 if __name__ == "__main__":
