@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from motia.config import JobConfig
-from motia.video import X264_PRESETS
+from motia.errors import InputError
+from motia.video import X264_PRESETS, to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,11 @@ class OutputWriter:
         if self.from_clip:
             frames = self.clip.frames[self.count : self.count + n]  # (n, 3, h, w)
         else:
-            raw = np.stack(list(itertools.islice(self.native, n)))  # (n, H, W, 3) uint8
+            got = list(itertools.islice(self.native, n))
+            if len(got) < n:
+                raise InputError(f"{self.clip.source}: ran out of frames at {self.count + len(got)} while writing; "
+                                 "check that the file is complete")
+            raw = np.stack(got)  # (n, H, W, 3) uint8
             frames = torch.from_numpy(raw).permute(0, 3, 1, 2).float().div_(255.0)  # (n, 3, H, W)
         if self.source_canvas is not None and tuple(frames.shape[-2:]) != (self.out.src_h, self.out.src_w):
             # A delivery size: the source scaled once from native, like the generated pixels.
@@ -118,8 +123,9 @@ class OutputWriter:
             if self.paste:
                 frames = paste_known(frames, source, self.out, self.feather)
             t2 = time.perf_counter()
+            pixels = to_uint8(frames)  # (m, H, W, 3), converted once for every writer
             for kind, writer in self.writers.items():
-                writer.write(self._side_by_side(source, frames) if kind == "side_by_side" else frames)
+                writer.write(to_uint8(self._side_by_side(source, frames)) if kind == "side_by_side" else pixels)
             self.timings["read"] += t1 - t0
             self.timings["canvas_paste"] += t2 - t1
             self.timings["write"] += time.perf_counter() - t2
