@@ -70,9 +70,9 @@ def child(args) -> None:
                       "output": summary["output_timings_s"], "canvas": summary["output_canvas"]}))
 
 
-def run_case(clip: Path, out: Path, resolution: str, steps: int) -> dict:
+def run_case(clip: Path, out: Path, resolution: str, steps: int, extra: list[str]) -> dict:
     overrides = [f"video.path={clip}", "outpaint.left=0", "outpaint.right=0", "outpaint.aspect=16:9",
-                 f"sample.steps={steps}", f"output.dir={out}", f"output.resolution={resolution}"]
+                 f"sample.steps={steps}", f"output.dir={out}", f"output.resolution={resolution}", *extra]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, __file__, "--child", *overrides], env=env, capture_output=True, text=True)
     if done.returncode:
@@ -85,13 +85,15 @@ def main() -> None:
     p.add_argument("--frames", type=int, nargs="+", default=[30, 60, 300])
     p.add_argument("--steps", type=int, default=2, help="sampling steps (the model part is not what is measured)")
     p.add_argument("--resolutions", nargs="+", default=["native", "model"], choices=["native", "model"])
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more overrides, e.g. output.preset=faster")
     p.add_argument("--child", nargs=argparse.REMAINDER, dest="overrides", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.overrides is not None:
         return child(args)
     import torch
 
-    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs; tiny models, steps={args.steps}, 1080x1920 -> 16:9")
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs; tiny models, steps={args.steps}, 1080x1920 -> 16:9",
+          *args.set)
     print("| frames | output | canvas written | peak RSS | total s | model s (encode+sample+decode) | "
           "output s (read / canvas+paste / write) |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
@@ -101,7 +103,7 @@ def main() -> None:
             clip = Path(tmp) / f"clip{n}.mp4"
             make_clip(clip, n)
             for res in args.resolutions:
-                r = run_case(clip, Path(tmp) / f"out{n}{res}", res, args.steps)
+                r = run_case(clip, Path(tmp) / f"out{n}{res}", res, args.steps, args.set)
                 t, o = r["timings"], r["output"]
                 model = t["encode"] + t["sample"] + t["decode"]
                 peaks[n, res] = r["peak_rss"]
