@@ -269,16 +269,25 @@ class SampleConfig(_Section):
 
 
 class OutputConfig(_Section):
+    """What is written, at which scale, and how it is encoded."""
+
     dir: str = "outputs"
     name: str | None = None  # default: the clip's file stem
     mp4: bool = True
     gif: bool = False
     frames: bool = False
     side_by_side: bool = True
+    resolution: Literal["native", "model"] = "native"  # the source's own scale, or video.size's (the model's canvas)
+    height: int | None = Field(None, ge=16)  # a delivery frame height, scaled once from native (width follows)
+    width: int | None = Field(None, ge=16)  # a delivery frame width (height follows); both: that exact frame size
     paste: bool = True  # paste the source pixels back so the known region is exactly the input
-    feather: int = Field(8, ge=0)  # seam feather width in pixels (generated side)
+    # Seam feather on the generated side: pixels at the written scale (>= 1), or a fraction of
+    # the source's short side there (< 1; 1/64 = 8 px at 512, 17 px at 1080); 0 = hard paste.
+    feather: int | float = Field(0.015625, ge=0)
     keep_audio: bool = True
     crf: int = Field(18, ge=0, le=51)
+    preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
+                    "veryslow"] = "medium"  # x264's speed/size trade-off
     fps: float | None = None  # default: the source fps / stride
 
 

@@ -1,5 +1,10 @@
 """Canvas geometry for outpainting: where the source sits, masks, control video, insertion map, paste.
 
+The same picture has a canvas per scale: the model's (``video.size``, multiples of
+8) and the written one (the source's native scale, or a delivery size).
+``resample_canvas`` redraws frames from one onto another, box onto box, and
+``paste_known`` puts the known pixels back at the written scale.
+
 Conventions used throughout:
 
 * Pixel frames are ``(F, C, H, W)`` float in [0, 1] (C = 3 for RGB).
@@ -9,7 +14,8 @@ Conventions used throughout:
   Box coordinates are ``(top, left, bottom, right)`` with bottom/right exclusive.
 
 Everything is vectorised tensor code: distances come from broadcast row/column
-clamps, the feathered seam from a clamped-index gather.
+clamps, the feathered seam from edge replication (a per-frame known mask: an exact
+separable distance transform), resampling from two banded-weight matmuls.
 """
 
 from __future__ import annotations
@@ -456,45 +462,204 @@ def resize_map(m: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return out.reshape(*lead, h, w)
 
 
+# ----------------------------------------------------------------------------- output scale
+
+
+def scale_canvas(canvas: Canvas, height: int, width: int) -> Canvas:
+    """``canvas`` scaled to a ``height x width`` frame: each side's extent (before, box, after) scaled and rounded.
+
+    The box keeps its place in proportion; rounding moves any edge by at most half a pixel.
+    """
+    if height < 1 or width < 1:
+        raise ValueError(f"scaled canvas must be at least 1x1, got {height}x{width}")
+    fy, fx = height / canvas.height, width / canvas.width
+    top, left = round(canvas.top * fy), round(canvas.left * fx)
+    bottom, right = round((canvas.top + canvas.src_h) * fy), round((canvas.left + canvas.src_w) * fx)
+    bottom, right = min(max(bottom, top + 1), height), min(max(right, left + 1), width)
+    top, left = min(top, bottom - 1), min(left, right - 1)
+    return Canvas(src_h=bottom - top, src_w=right - left, height=height, width=width, top=top, left=left)
+
+
+def _bicubic(x: torch.Tensor) -> torch.Tensor:
+    """Keys' cubic kernel with a = -0.5 (Pillow's BICUBIC)."""
+    a, x = -0.5, x.abs()
+    near = ((a + 2) * x - (a + 3)) * x * x + 1
+    far = (((x - 5) * x + 8) * x - 4) * a
+    return torch.where(x < 1, near, torch.where(x < 2, far, torch.zeros_like(x)))
+
+
+def _resample_matrix(n: int, size: int, start: float, scale: float) -> torch.Tensor:
+    """(size, n) weights taking n input samples to ``size`` outputs; output i covers input [start + i*scale, start + (i+1)*scale).
+
+    Pillow's separable resampling (``Image.resize(box=...)``): bicubic taps around
+    each output centre, widened by the scale when shrinking (antialiasing); taps
+    outside the input are dropped and the rest renormalised. Centres beyond the
+    input are moved onto its edge (Pillow refuses such boxes).
+    """
+    fscale = max(scale, 1.0)
+    support = 2.0 * fscale
+    taps = math.ceil(support) * 2 + 1
+    centre = start + (torch.arange(size, dtype=torch.float64) + 0.5) * scale  # (size,)
+    # Output pixels beyond the input's edges (a rounding pixel or so) take the edge's taps.
+    centre = centre.clamp(0.0, float(n))
+    lo = torch.trunc(centre - support + 0.5).clamp(min=0)
+    hi = torch.trunc(centre + support + 0.5).clamp(max=n)
+    pos = lo[:, None] + torch.arange(taps, dtype=torch.float64)  # (size, taps)
+    weight = _bicubic((pos - centre[:, None] + 0.5) / fscale) * (pos < hi[:, None])
+    total = weight.sum(1, keepdim=True)
+    weight = torch.where(total != 0, weight / total, weight)
+    matrix = torch.zeros(size, n + taps, dtype=torch.float64)  # spare columns take the dropped taps
+    matrix.scatter_add_(1, pos.long(), weight)
+    return matrix[:, :n].float()
+
+
+def resample_canvas(frames: torch.Tensor, src: Canvas, dst: Canvas) -> torch.Tensor:
+    """Frames (F, C, H, W) on canvas ``src`` redrawn on canvas ``dst`` (another scale of the same picture).
+
+    The two canvases' known boxes are the same place of the picture: the map from
+    ``dst`` pixels to ``src`` pixels is the affine one that takes box onto box (per
+    axis), so what the model generated next to its box lands next to the native
+    source. Bicubic (Pillow's kernel; antialiased when shrinking), clamped to [0, 1];
+    ``dst`` pixels beyond ``src``'s edges (at most about a pixel from rounding) take
+    the edge pixels. ``src == dst`` returns ``frames`` itself.
+    """
+    _check_frames(frames, src.height, src.width, "frames")
+    if src == dst:
+        return frames
+    sy, sx = src.src_h / dst.src_h, src.src_w / dst.src_w  # source pixels per output pixel
+    rows = _resample_matrix(src.height, dst.height, src.top - dst.top * sy, sy).to(frames)  # (H', H)
+    cols = _resample_matrix(src.width, dst.width, src.left - dst.left * sx, sx).to(frames).T  # (W, W')
+    # Banded weights as dense matmuls: from a model-size canvas that is a few GFLOP per native
+    # frame, far faster than per-tap gathers. The cheaper order goes first.
+    (h, w), (h2, w2) = frames.shape[-2:], (dst.height, dst.width)
+    if h2 * h * w + h2 * w * w2 <= h * w * w2 + h2 * h * w2:
+        out = torch.matmul(torch.matmul(rows, frames), cols)  # (F, C, H', W) -> (F, C, H', W')
+    else:
+        out = torch.matmul(rows, torch.matmul(frames, cols))  # (F, C, H, W') -> (F, C, H', W')
+    return out.clamp_(0.0, 1.0)
+
+
+def _nearest_known(known: torch.Tensor, radius: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Squared distance (F, H, W) to the nearest known pixel and its row/column indices, exact within ``radius``.
+
+    Separable exact Euclidean distance (Felzenszwalb-Huttenlocher, with the row pass
+    limited to ``radius`` columns): per column the nearest known row above and below
+    (cumulative max/min), then per row the best column within ``radius``. Beyond
+    ``radius`` the distance is inf (the indices are then meaningless).
+    """
+    f, h, w = known.shape
+    big = h + w + radius + 1
+    rows = torch.arange(h, device=known.device).view(1, h, 1).expand(f, h, w)
+    above = torch.where(known, rows, rows.new_full((), -big)).cummax(dim=1).values  # nearest known row <= y
+    below = torch.where(known, rows, rows.new_full((), 2 * big)).flip(1).cummin(dim=1).values.flip(1)  # >= y
+    up, down = rows - above, below - rows
+    gap = torch.minimum(up, down).float()  # (F, H, W) rows to the nearest known pixel in this column
+    gap = torch.where(gap > radius, torch.full_like(gap, math.inf), gap)
+    qrow = torch.where(up <= down, above, below)
+    pad = (radius, radius)
+    gap_p = F_nn.pad(gap, pad, value=math.inf)
+    qrow_p = F_nn.pad(qrow, pad)
+    best = torch.full_like(gap, math.inf)
+    best_row = torch.zeros_like(qrow)
+    best_col = torch.zeros_like(qrow)
+    cols = torch.arange(w, device=known.device).view(1, 1, w)
+    for dx in sorted(range(-radius, radius + 1), key=lambda d: (abs(d), d)):  # ties go to the nearer column
+        g = gap_p[..., radius + dx : radius + dx + w]
+        d2 = g * g + float(dx * dx)
+        better = d2 < best
+        best = torch.where(better, d2, best)
+        best_row = torch.where(better, qrow_p[..., radius + dx : radius + dx + w], best_row)
+        best_col = torch.where(better, (cols + dx).expand_as(best_col), best_col)
+    return best, best_row, best_col
+
+
 # ----------------------------------------------------------------------------- paste
+
+
+def feather_pixels(feather: float, canvas: Canvas) -> float:
+    """``output.feather`` in pixels of ``canvas``: pixels as given (>= 1, or 0), a fraction (< 1) of the box's short side."""
+    if feather < 0:
+        raise ValueError(f"feather must be >= 0, got {feather}")
+    return float(feather) if feather >= 1 or feather == 0 else feather * min(canvas.src_h, canvas.src_w)
 
 
 def paste_known(
     generated: torch.Tensor,
     source: torch.Tensor,
     canvas: Canvas,
-    feather: int = 8,
+    feather: float = 8,
+    *,
+    known: torch.Tensor | None = None,
+    known_image: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Paste the source back: exact inside the known box, feathered seam on the generated side.
+    """Paste the known pixels back: exact where known, a feathered seam on the generated side.
 
-    ``generated`` is (F, C, H, W), ``source`` (F, C, src_h, src_w), both in [0, 1]. Outside the
-    box, within ``feather`` pixels, the residual ``source - generated`` of the nearest box pixel
-    is added with a weight falling linearly from 1 at the box edge to 0 at distance ``feather``,
-    which removes the colour step at the seam. ``feather = 0`` is a hard paste. The result is
-    clamped to [0, 1], and the box holds the source values bit for bit.
+    ``generated`` is (F, C, H, W), ``source`` (F, C, src_h, src_w), both in [0, 1]. The
+    source box is always known. ``known`` (F, 1, H, W) or (H, W), optional, marks more
+    known pixels (> 0.5), whose values come from ``known_image`` (F, C, H, W): pixels
+    other frames already show, say. Outside the known pixels, within ``feather``
+    pixels (any float >= 0), the residual ``known - generated`` of the nearest known
+    pixel is added with a weight falling linearly from 1 at the edge to 0 at distance
+    ``feather``, which removes the colour step at the seam; 0 is a hard paste. The
+    result is clamped to [0, 1], and known pixels hold their values bit for bit.
+    Only the band around the box is touched when ``known`` is None.
     """
     _check_frames(generated, canvas.height, canvas.width, "generated")
     _check_frames(source, canvas.src_h, canvas.src_w, "source")
     if generated.shape[:2] != source.shape[:2]:
         raise ValueError(f"generated {tuple(generated.shape)} and source {tuple(source.shape)} differ in frames/channels")
-    if feather < 0:
+    if not feather >= 0:
         raise ValueError(f"feather must be >= 0, got {feather}")
+    if known is not None:
+        return _paste_mask(generated, source, canvas, float(feather), known, known_image)
+    if known_image is not None:
+        raise ValueError("known_image needs the known mask that says where it applies")
     top, left, bottom, right = canvas.box
     dtype = torch.promote_types(generated.dtype, source.dtype)
     out = generated.to(dtype).clone()  # (F, C, H, W)
     src = source.to(dtype=dtype, device=out.device)  # (F, C, h, w)
 
     if feather > 0:
+        # Pixels farther than `feather` from the box keep weight 0: work on the box grown by it.
+        r = math.ceil(feather)
+        y0, y1 = max(top - r, 0), min(bottom + r, canvas.height)
+        x0, x1 = max(left - r, 0), min(right + r, canvas.width)
         dy, dx = _box_offsets(canvas, out.device)
-        dist = torch.sqrt(dy[:, None] ** 2 + dx[None, :] ** 2)  # (H, W)
-        weight = (1.0 - dist / feather).clamp(min=0.0).to(dtype)  # (H, W), 1 inside the box
+        dist = torch.sqrt(dy[y0:y1, None] ** 2 + dx[None, x0:x1] ** 2)  # (h', w')
+        weight = (1.0 - dist / feather).clamp(min=0.0).to(dtype)  # 1 inside the box
         residual = src - out[:, :, top:bottom, left:right]  # (F, C, h, w)
-        # Nearest box pixel of every canvas pixel by clamping its coordinates into the box.
-        rows = torch.arange(canvas.height, device=out.device).clamp(top, bottom - 1) - top  # (H,)
-        cols = torch.arange(canvas.width, device=out.device).clamp(left, right - 1) - left  # (W,)
-        nearest = residual[:, :, rows[:, None], cols[None, :]]  # (F, C, H, W)
-        out = (out + weight * nearest).clamp_(0.0, 1.0)
-    else:
-        out = out.clamp_(0.0, 1.0)
+        # The nearest box pixel of a pixel outside is its coordinates clamped into the box: edge replication.
+        nearest = F_nn.pad(residual, (left - x0, x1 - right, top - y0, y1 - bottom), mode="replicate")  # (F, C, h', w')
+        out[:, :, y0:y1, x0:x1] += weight * nearest
+    out = out.clamp_(0.0, 1.0)
     out[:, :, top:bottom, left:right] = src
     return out
+
+
+def _paste_mask(generated, source, canvas: Canvas, feather: float, known, known_image) -> torch.Tensor:
+    """``paste_known`` with a per-frame known mask: the same seam, nearest known pixel by exact distance."""
+    n, c, h, w = generated.shape
+    if known.dim() == 2:
+        known = known[None, None].expand(n, 1, h, w)
+    if known.dim() != 4 or known.shape[1] != 1 or known.shape[-2:] != (h, w) or known.shape[0] not in (1, n):
+        raise ValueError(f"known must be (H, W) or (F, 1, H, W) matching {tuple(generated.shape)}, got {tuple(known.shape)}")
+    if known_image is None:
+        raise ValueError("known_image (F, C, H, W) must give the values of the known pixels")
+    _check_frames(known_image, h, w, "known_image")
+    top, left, bottom, right = canvas.box
+    dtype = torch.promote_types(generated.dtype, source.dtype)
+    gen = generated.to(dtype)
+    target = known_image.to(dtype=dtype, device=gen.device).expand(n, c, h, w).clone()  # (F, C, H, W)
+    target[:, :, top:bottom, left:right] = source.to(dtype=dtype, device=gen.device)
+    mask = (known.to(gen.device) > 0.5).expand(n, 1, h, w).clone()  # (F, 1, H, W)
+    mask[:, :, top:bottom, left:right] = True
+    out = gen.clone()
+    if feather > 0:
+        d2, row, col = _nearest_known(mask[:, 0], math.ceil(feather))  # (F, H, W) each
+        weight = (1.0 - torch.sqrt(d2) / feather).clamp(min=0.0).to(dtype)[:, None]  # (F, 1, H, W)
+        residual = (target - gen).flatten(2)  # (F, C, H*W)
+        index = (row * w + col).clamp_(0, h * w - 1).flatten(1)[:, None].expand(n, c, h * w)
+        nearest = residual.gather(2, index).view(n, c, h, w)
+        out = out + weight * nearest
+    out = out.clamp_(0.0, 1.0)
+    return torch.where(mask, target, out)

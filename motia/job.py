@@ -54,6 +54,58 @@ def plan(cfg: JobConfig, src_h: int, src_w: int):
     )
 
 
+def native_size(clip) -> tuple[int, int]:
+    """(H, W) of the clip's source frames at their own size (before ``video.size``)."""
+    from .video import probe_video
+
+    info = probe_video(clip.source)
+    return info.height, info.width
+
+
+def plan_output(cfg: JobConfig, canvas, native_h: int, native_w: int):
+    """The canvas the outputs are written on (a ``motia.geometry.Canvas``), given the model's ``canvas``.
+
+    * ``output.resolution: model``: the model's canvas itself.
+    * ``native`` (default): the ``outpaint`` section planned around the source at its own
+      ``native_h x native_w`` (a ``target_size``, given in model pixels, scaled to native),
+      rounded up to even sizes (H.264) rather than the model's multiples of 8. The box
+      is the native source, so its pixels are written untouched.
+    * ``output.height`` and/or ``output.width`` (either resolution): that native canvas
+      scaled once to a delivery size; one given, the other keeps the aspect (even).
+      Both must match the canvas's aspect within 1%.
+    """
+    from .geometry import plan_canvas, scale_canvas
+
+    o, op = cfg.output, cfg.outpaint
+    explicit = o.height is not None or o.width is not None
+    if o.resolution == "model" and not explicit:
+        return canvas
+    target = None
+    if op.target_size:
+        th, tw = op.target_size
+        # At least one native pixel more wherever the model's canvas grew, so the mode stays valid.
+        target = (max(round(th * native_h / canvas.src_h), native_h + (th > canvas.src_h)),
+                  max(round(tw * native_w / canvas.src_w), native_w + (tw > canvas.src_w)))
+    native = plan_canvas(native_h, native_w, left=op.left, right=op.right, top=op.top, bottom=op.bottom,
+                         target_size=target, aspect=op.aspect, multiple=2)
+    if not explicit:
+        return native
+    aspect = native.width / native.height
+    if o.height is not None and o.width is not None:
+        height, width = o.height, o.width
+        if abs(width / height - aspect) > 0.01 * aspect:
+            raise ConfigError(
+                f"output.width={width} and output.height={height} ({width / height:.3f}:1) do not match the canvas "
+                f"{native.width}x{native.height} ({aspect:.3f}:1); set only one of them (the other follows) "
+                "or change outpaint.aspect"
+            )
+    elif o.height is not None:
+        height, width = o.height, max(2, 2 * round(o.height * aspect / 2))
+    else:
+        height, width = max(2, 2 * round(o.width / aspect / 2)), o.width
+    return scale_canvas(native, height, width)
+
+
 def work_estimate(cfg: JobConfig, num_frames: int, canvas) -> dict:
     """Frames, windows and model calls of an outpainting run, before it starts.
 
@@ -142,6 +194,14 @@ def describe(cfg: JobConfig) -> str:
                      "size_in_file": wxh(info.width, info.height), "audio": info.has_audio,
                      "frames_used": f, "size_used": wxh(w, h)}  # fmt: skip
     out["canvas"] = describe_canvas(canvas)
+    written = plan_output(cfg, canvas, info.height, info.width)
+    o = cfg.output
+    scale = "delivery" if o.height or o.width else ("the model's" if o.resolution == "model" else "native")
+    out["canvas_model"] = f"{wxh(canvas.width, canvas.height)}, video.size"
+    out["canvas_output"] = f"{wxh(written.width, written.height)}, {scale} scale"
+    warning = upsampling_warning(cfg, h, info.height)
+    if warning:
+        out["warnings"] = [warning]
     out["speedups"] = describe_speedups(cfg, canvas)
     out["work"] = work_estimate(cfg, f, canvas)
     out["schedule"] = schedule_info(cfg)
@@ -211,6 +271,14 @@ def schedule_info(cfg: JobConfig) -> dict:
     except MotiaError as e:
         return {"name": cfg.models.schedule, "note": f"the base's scheduler config is not readable here ({e})"}
     return describe_schedule(scheduler, cfg.models.schedule, cfg.sample.steps)
+
+
+def upsampling_warning(cfg: JobConfig, model_h: int, native_h: int) -> str | None:
+    """A warning when the model works at more than twice the source's own size (it sees blurred, invented detail)."""
+    if model_h <= 2 * native_h:
+        return None
+    return (f"the model works at {model_h / native_h:.1f}x the source's size (video.size={cfg.video.size}); "
+            "upsampled input gives soft results: use a larger source or a smaller video.size")
 
 
 def preview(cfg: JobConfig, out: str | None = None) -> Path:

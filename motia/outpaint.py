@@ -292,21 +292,24 @@ def outpaint(
     sink: Callable[[torch.Tensor], None] | None = None,
     callback: Callable[[dict], None] | None = None,
     observe: Callable[[dict], None] | None = None,
+    paste: bool | None = None,
 ) -> OutpaintResult:
     """Outpaint ``clip`` (a motia.video.Clip) onto the canvas the config plans, with an optional adapted LoRA.
 
     Steps: plan the canvas; encode the source (alone, edge-padded to the latent grid) to known latents;
     sample from noise drawn from ``generator`` (default: CPU, ``cfg.seed``) with
     temporal windows, guidance, noise regret and the known-region blend; decode in
-    chunks; paste the source back (``output.paste``). The LoRA, its spatial scaling,
+    chunks; paste the source back (``paste``, default ``output.paste``). The LoRA, its spatial scaling,
     window attention, RAU-Net and the speed switches (channels-last, compile) are
     installed for the sampling only and removed again, so ``components`` are
     unchanged afterwards. ``sink`` receives each decoded chunk
-    (n, 3, H, W) instead of the result keeping all frames. ``callback({"step", "total"})``
+    (n, 3, H, W) instead of the result keeping all frames (``motia.output.OutputWriter``
+    pastes at the output scale itself, so it takes them with ``paste=False``); the
+    time spent in it is ``timings["output"]``, not ``"decode"``. ``callback({"step", "total"})``
     observes every denoising move (regret repeats count; ``total`` is all of them).
     ``observe`` sees every sampler move (``motia.sampler.sample``'s ``observe``: levels, eps, latents).
     """
-    from motia.geometry import known_mask, latent_known_mask, paste_known, place_on_canvas
+    from motia.geometry import feather_pixels, known_mask, latent_known_mask, paste_known, place_on_canvas
     from motia.geometry import control_video as make_control
     from motia.job import plan, work_estimate
     from motia.rau import active_at
@@ -404,25 +407,33 @@ def outpaint(
     peak_sampling = peak_memory_bytes(device)
 
     # --- decode chunk by chunk, paste the source pixels back
+    paste = cfg.output.paste if paste is None else paste
+    feather = feather_pixels(cfg.output.feather, canvas)
     kept = []
     start = 0
+    t_sink = 0.0
     for pixels in decode_latents(components.vae, latents, chunk):  # (n, 3, H, W)
         end = start + pixels.shape[0]
-        if cfg.output.paste:
-            pixels = paste_known(pixels, source[start:end], canvas, cfg.output.feather)
+        if paste:
+            pixels = paste_known(pixels, source[start:end], canvas, feather)
         if sink is not None:
+            t0 = time.perf_counter()
             sink(pixels)
+            t_sink += time.perf_counter() - t0
         else:
             kept.append(pixels)
         start = end
     frames = torch.cat(kept) if kept else None  # (F, 3, H, W)
     t_end = time.perf_counter()
+    timings = {"encode": t_encoded - t_start, "sample": t_sampled - t_encoded,
+               "decode": t_end - t_sampled - t_sink, "total": t_end - t_start}
+    if sink is not None:
+        timings["output"] = t_sink
     return OutpaintResult(
         frames=frames,
         latents=latents.cpu(),
         canvas=canvas,
-        timings={"encode": t_encoded - t_start, "sample": t_sampled - t_encoded,
-                 "decode": t_end - t_sampled, "total": t_end - t_start},
+        timings=timings,
         work=work,
         peak_memory={"sampling": peak_sampling, "total": peak_memory_bytes(device)},
         prompt=prompt,
@@ -442,38 +453,22 @@ def _write_json(path: Path, data) -> None:
 
 
 def write_outputs(cfg: JobConfig, clip, result: OutpaintResult, run_dir: Path) -> dict[str, str]:
-    """Write the configured outputs of one run (each atomically); return their paths by kind."""
-    from motia.geometry import place_on_canvas
-    from motia.video import side_by_side, write_frames, write_gif, write_video
+    """Write the configured outputs of frames already computed (``result.frames``, on the model's canvas); return their paths by kind.
 
-    o = cfg.output
-    frames = result.frames  # (F, 3, H, W)
-    fps = o.fps or clip.fps
-    outputs: dict[str, str] = {}
-    if o.mp4:
-        audio = None
-        if o.keep_audio and clip.has_audio:
-            if o.fps is None or abs(o.fps - clip.fps) < 1e-6:
-                audio = clip.source
-            else:
-                log.warning("output.fps=%s differs from the clip's %.3f fps: the audio would not line up, so it is dropped",
-                            o.fps, clip.fps)
-        path = write_video(run_dir / "outpaint.mp4", frames, fps, audio_from=audio, audio_start=clip.start_time,
-                           audio_duration=clip.duration if audio else None, crf=o.crf)
-        outputs["mp4"] = str(path)
-    if o.gif:
-        outputs["gif"] = str(write_gif(run_dir / "outpaint.gif", frames, fps))
-    if o.frames:
-        outputs["frames"] = str(write_frames(run_dir / "frames", frames))
-    if o.side_by_side:
+    The same path as a streamed run (``motia.output.OutputWriter``): the frames are
+    put on the output canvas (``output.resolution``, ``output.height``/``width``) and
+    the source pasted back there; each file is written atomically.
+    """
+    from motia.job import native_size, plan_output
+    from motia.output import OutputWriter
+
+    native = native_size(clip)
+    out_canvas = plan_output(cfg, result.canvas, *native)
+    with OutputWriter(cfg, clip, result.canvas, out_canvas, run_dir, native) as writer:
         step = cfg.sample.decode_chunk
-
-        def pairs():  # source on the canvas | result, a chunk at a time
-            for i in range(0, frames.shape[0], step):
-                yield side_by_side(place_on_canvas(clip.frames[i : i + step], result.canvas, 0.0), frames[i : i + step])
-
-        outputs["side_by_side"] = str(write_video(run_dir / "side_by_side.mp4", pairs(), fps, crf=o.crf))
-    return outputs
+        for i in range(0, result.frames.shape[0], step):
+            writer(result.frames[i : i + step])
+    return writer.outputs
 
 
 def check_adapter_fits(meta: dict, cfg: JobConfig, clip, path) -> None:
@@ -533,26 +528,32 @@ def outpaint_from_config(
 ) -> dict:
     """`motia outpaint`: read the clip, load the models, outpaint, write the outputs; return the run summary.
 
-    The clip is read (and the canvas planned, the adapter file checked against this
+    The clip is read (and the canvases planned, the adapter file checked against this
     run, ``check_adapter_fits``) before any model loads, so bad input fails fast and
     writes nothing. A run folder holding the finished outputs of another config is
     refused unless ``overwrite`` (``motia.runs``); then the earlier outputs are removed
-    once the models have loaded, before sampling. Outputs go to
-    ``cfg.run_dir()``: outpaint.mp4 (with the source's audio for the frames used),
-    optional outpaint.gif and frames/, side_by_side.mp4, config.yaml, summary.json.
-    ``models`` (a ``motia.job.ModelCache``) reuses models already loaded in this process;
-    ``callback`` observes the sampling steps (see ``outpaint``).
+    once the models have loaded, before sampling. Outputs go to ``cfg.run_dir()`` as
+    the frames are decoded (``motia.output``): outpaint.mp4 and side_by_side.mp4 (with
+    the source's audio for the frames used), optional outpaint.gif and frames/, then
+    config.yaml and summary.json. ``models`` (a ``motia.job.ModelCache``) reuses models
+    already loaded in this process; ``callback`` observes the sampling steps (see ``outpaint``).
     """
     from motia.config import dump_config
-    from motia.job import load_clip, plan
+    from motia.job import load_clip, native_size, plan, plan_output, upsampling_warning
     from motia.lora import read_lora_metadata
     from motia.models import load_components
+    from motia.output import OutputWriter
     from motia.runs import check_outpaint_folder
     from motia.utils import peak_memory_bytes
 
     t0 = time.perf_counter()
     clip = load_clip(cfg)
-    plan(cfg, clip.height, clip.width)  # geometry errors before the models load
+    canvas = plan(cfg, clip.height, clip.width)  # geometry errors before the models load
+    native = native_size(clip)
+    out_canvas = plan_output(cfg, canvas, *native)
+    warning = upsampling_warning(cfg, clip.height, native[0])
+    if warning:
+        log.warning(warning)
     meta = read_lora_metadata(lora) if lora is not None else None
     prompt = resolve_prompt(cfg, clip)
     if prompt != cfg.prompt:
@@ -574,16 +575,18 @@ def outpaint_from_config(
         else:
             path.unlink(missing_ok=True)
     generator = torch.Generator("cpu").manual_seed(cfg.seed)
-    result = outpaint(cfg, components, clip, lora_path=lora, generator=generator, progress=progress,
-                      callback=callback)
-
-    outputs = write_outputs(cfg, clip, result, run_dir)
+    # The outputs are written as the frames are decoded, pasted at the output scale.
+    with OutputWriter(cfg, clip, canvas, out_canvas, run_dir, native) as writer:
+        result = outpaint(cfg, components, clip, lora_path=lora, generator=generator, progress=progress,
+                          sink=writer, paste=False, callback=callback)
+    outputs = dict(writer.outputs)
     outputs["config"] = str(dump_config(cfg, run_dir / "config.yaml"))
     outputs["summary"] = str(run_dir / SUMMARY_FILE)
     summary = {
         "time_s": round(time.perf_counter() - t0, 3),
         "load_s": round(t_loaded - t0, 3),
         "timings_s": {k: round(v, 3) for k, v in result.timings.items()},
+        "output_timings_s": {k: round(v, 3) for k, v in writer.timings.items()},
         "peak_memory_bytes": peak_memory_bytes(components.device),
         "peak_memory_sampling_bytes": result.peak_memory["sampling"],
         "device": str(components.device),
@@ -592,7 +595,9 @@ def outpaint_from_config(
         "frames": clip.num_frames,
         "fps": cfg.output.fps or clip.fps,
         "source_size": [clip.height, clip.width],
+        "native_size": list(native),
         "canvas": result.canvas.to_dict(),
+        "output_canvas": out_canvas.to_dict(),
         "windows": result.work["windows"],
         "unet_calls": result.work["unet_calls"],
         "work": result.work,

@@ -6,26 +6,42 @@ Conventions
   tensors are always channels-first, numpy arrays always channels-last.
 - Inputs: video files (mp4, mov, webm, mkv, avi, m4v, gif), a folder of images (sorted
   naturally, ``frame2`` before ``frame10``), or a single image (one frame).
-- Video files are decoded by decord, else PyAV, else imageio (``backend="auto"``).
-  decord always decodes at full size: its own width/height resize returned garbage
-  4-channel frames for some sizes, so every backend resizes here, in float, with
-  torch's antialiased bilinear interpolation.
+- Video files are decoded by PyAV, else decord, else imageio (``backend="auto"``).
+  PyAV streams with flat memory; decord's ``get_batch`` kept growing with the frames
+  read (about 1 GB after 300 1080p frames, most of it kept after the reader is
+  gone), so it is only the fallback. decord always decodes at full size: its own
+  width/height resize returned garbage 4-channel frames for some sizes, so every
+  backend resizes here, in float, with torch's antialiased bilinear interpolation.
 - H.264 yuv420p needs even sizes. ``write_video`` pads an odd width or height by
   replicating the last column or row, so the mp4 is at most one pixel wider/taller
   than the frames given; ``write_gif`` and ``write_frames`` keep the real size.
 - All writers are atomic (``motia.utils.atomic_path``): a failure leaves nothing
-  under the final name.
+  under the final name. ``VideoWriter``, ``FrameWriter`` and ``GifWriter`` take
+  frames chunk by chunk (``write_video`` & co. are one-call wrappers), so a long
+  clip is encoded as it is produced; ``iter_frames`` is the matching reader that
+  decodes a source chunk by chunk at its own size.
+- Colour: mp4s are BT.709, limited range, converted with the BT.709 matrix and
+  tagged so (primaries, transfer, matrix); the readers (decord, PyAV, ffmpeg)
+  decode by the file's tags.
+- Determinism: the same frames give the same mp4 bytes. x264's AVX-512
+  macroblock-tree code (``mbtree_propagate_list``) processes 8 macroblocks at a
+  time without masking the tail of the last row, so it reads heap memory past its
+  arrays and the rate control (and the bitstream) changed from run to run for most
+  frame widths (seen with MALLOC_PERTURB_). The writer gives x264 the CPU
+  features it detected minus AVX512 (``_x264_asm``); nothing else changes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.resources
 import logging
 import re
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -39,11 +55,13 @@ logger = logging.getLogger(__name__)
 VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v", ".gif")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 WRITE_SUFFIXES = (".mp4", ".mov", ".mkv")
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 BACKENDS = ("auto", "decord", "pyav", "imageio")
 RESIZE_MODES = ("short_side", "long_side", "none")
 IMAGE_FPS = 8.0  # frame rate given to image folders and single images, which carry none
 
-_CHUNK = 16  # frames converted/resized at once: bounds the float copy of full-size frames
+_CHUNK = 16  # frames decoded at once before they are converted and resized
+_FLOAT_BYTES = 64 << 20  # full-size frames converted to float at once (two 1080p frames)
 
 
 # ----------------------------------------------------------------------------- data
@@ -252,23 +270,47 @@ def _reason(e: BaseException) -> str:
     return text[:160]
 
 
-def _read_decord(path: Path, sel: _Selection) -> tuple[np.ndarray, float, list[int]]:
+class _Converted:
+    """Decoded uint8 frames turned into float clip frames ``_CHUNK`` at a time: only one chunk is ever held at full size."""
+
+    def __init__(self, convert):
+        self.convert, self.raw, self.out = convert, [], []
+
+    def add(self, frames: np.ndarray) -> None:  # (n, H, W, 3) uint8, or one frame (H, W, 3)
+        self.raw.extend(frames if frames.ndim == 4 else [frames])
+        if len(self.raw) >= _CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.raw:
+            self.out.append(self.convert(np.stack(self.raw)))
+            self.raw = []
+
+    def result(self) -> torch.Tensor:
+        self.flush()
+        return torch.cat(self.out)
+
+
+def _read_decord(path: Path, sel: _Selection, convert) -> tuple[torch.Tensor, float, list[int]]:
     import decord
 
     vr = decord.VideoReader(str(path), ctx=decord.cpu(0))  # full size: see module docstring
     idx = sel.indices(len(vr))
     if not idx:
         raise _NoFrames(len(vr))
-    frames = vr.get_batch(idx).asnumpy()  # (N, H, W, 3) uint8, decodes only what idx needs
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"decord returned frames of shape {tuple(frames.shape)}")
-    return frames, float(vr.get_avg_fps()), idx
+    frames = _Converted(convert)
+    for i in range(0, len(idx), _CHUNK):
+        batch = vr.get_batch(idx[i : i + _CHUNK]).asnumpy()  # (n, H, W, 3) uint8, decodes only what idx needs
+        if batch.ndim != 4 or batch.shape[-1] != 3:
+            raise ValueError(f"decord returned frames of shape {tuple(batch.shape)}")
+        frames.add(batch)
+    return frames.result(), float(vr.get_avg_fps()), idx
 
 
-def _read_pyav(path: Path, sel: _Selection) -> tuple[np.ndarray, float, list[int]]:
+def _read_pyav(path: Path, sel: _Selection, convert) -> tuple[torch.Tensor, float, list[int]]:
     import av
 
-    frames, idx = [], []
+    frames, idx = _Converted(convert), []
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -277,16 +319,16 @@ def _read_pyav(path: Path, sel: _Selection) -> tuple[np.ndarray, float, list[int
         for i, frame in enumerate(container.decode(stream)):
             total = i + 1
             if sel.wants(i, len(idx)):
-                frames.append(frame.to_ndarray(format="rgb24"))
+                frames.add(frame.to_ndarray(format="rgb24"))
                 idx.append(i)
             if sel.full(len(idx)):
                 break
     if not idx:
         raise _NoFrames(total)
-    return np.stack(frames), fps, idx
+    return frames.result(), fps, idx
 
 
-def _read_imageio(path: Path, sel: _Selection) -> tuple[np.ndarray, float, list[int]]:
+def _read_imageio(path: Path, sel: _Selection, convert) -> tuple[torch.Tensor, float, list[int]]:
     import imageio.v3 as iio
 
     if path.suffix.lower() == ".gif":
@@ -296,55 +338,61 @@ def _read_imageio(path: Path, sel: _Selection) -> tuple[np.ndarray, float, list[
     else:
         plugin, kwargs = "FFMPEG", {}
         fps = float(iio.immeta(path, plugin=plugin)["fps"])
-    frames, idx, total = [], [], 0
+    frames, idx, total = _Converted(convert), [], 0
     for i, frame in enumerate(iio.imiter(path, plugin=plugin, **kwargs)):
         total = i + 1
         if sel.wants(i, len(idx)):
-            frames.append(np.asarray(frame)[..., :3])
+            frames.add(np.ascontiguousarray(np.asarray(frame)[..., :3]))
             idx.append(i)
         if sel.full(len(idx)):
             break
     if not idx:
         raise _NoFrames(total)
-    return np.stack(frames), fps, idx
+    return frames.result(), fps, idx
 
 
 _READERS = {"decord": _read_decord, "pyav": _read_pyav, "imageio": _read_imageio}
 
 
-def _read_images(files: list[Path], sel: _Selection) -> tuple[np.ndarray, list[int]]:
+def _load_image(file: Path) -> np.ndarray:
+    """One image as uint8 (H, W, 3)."""
     from PIL import Image
 
+    try:
+        with Image.open(file) as im:
+            return np.asarray(im.convert("RGB"))
+    except Exception as e:  # noqa: BLE001
+        raise InputError(f"{file}: cannot read image ({_reason(e)}); replace or remove it") from e
+
+
+def _read_images(files: list[Path], sel: _Selection, convert) -> tuple[torch.Tensor, list[int]]:
     idx = sel.indices(len(files))
     if not idx:
         raise _NoFrames(len(files))
-    frames = []
+    frames, first = _Converted(convert), None
     for i in idx:
-        try:
-            with Image.open(files[i]) as im:
-                frames.append(np.asarray(im.convert("RGB")))
-        except Exception as e:  # noqa: BLE001
-            raise InputError(f"{files[i]}: cannot read image ({_reason(e)}); replace or remove it") from e
-        if frames[-1].shape != frames[0].shape:
-            h, w = frames[0].shape[:2]
+        frame = _load_image(files[i])
+        first = frame.shape if first is None else first
+        if frame.shape != first:
             raise InputError(
-                f"{files[i]}: size {frames[-1].shape[1]}x{frames[-1].shape[0]} differs from the first frame's "
-                f"{w}x{h}; give every frame in the folder the same size"
+                f"{files[i]}: size {frame.shape[1]}x{frame.shape[0]} differs from the first frame's "
+                f"{first[1]}x{first[0]}; give every frame in the folder the same size"
             )
-    return np.stack(frames), idx
+        frames.add(frame)
+    return frames.result(), idx
 
 
-def _decode(path: Path, sel: _Selection, backend: str) -> tuple[np.ndarray, float, list[int], str]:
-    """Run the chosen reader, or in "auto" the first of decord, PyAV, imageio that works."""
+def _decode(path: Path, sel: _Selection, backend: str, convert) -> tuple[torch.Tensor, float, list[int], str]:
+    """Run the chosen reader, or in "auto" the first of PyAV, decord, imageio that works."""
     if backend == "auto":
         # decord cannot measure GIFs ("broken metadata"), so it is not even tried there.
-        names = ["pyav", "imageio"] if path.suffix.lower() == ".gif" else ["decord", "pyav", "imageio"]
+        names = ["pyav", "imageio"] if path.suffix.lower() == ".gif" else ["pyav", "decord", "imageio"]
     else:
         names = [backend]
     errors = []
     for name in names:
         try:
-            frames, fps, idx = _READERS[name](path, sel)
+            frames, fps, idx = _READERS[name](path, sel, convert)
             return frames, fps, idx, name
         except _NoFrames as e:
             if e.total > 0 or name == names[-1]:
@@ -386,14 +434,15 @@ def resize_frames(frames: torch.Tensor, size: int | None, resize: str = "short_s
 
 
 def _to_float_frames(frames: np.ndarray, size: int | None, resize: str) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> float32 (N, 3, H', W') in [0, 1], resized chunk by chunk."""
+    """uint8 (N, H, W, 3) -> float32 (N, 3, H', W') in [0, 1], resized a few frames at a time."""
     n, height, width = frames.shape[:3]
     h, w = target_size(height, width, size, resize)
     out = torch.empty((n, 3, h, w), dtype=torch.float32)
-    for i in range(0, n, _CHUNK):
-        chunk = torch.from_numpy(np.ascontiguousarray(frames[i : i + _CHUNK]))  # (n, H, W, 3)
+    step = max(1, _FLOAT_BYTES // (height * width * 3 * 4))  # the full-size float copy stays small
+    for i in range(0, n, step):
+        chunk = torch.from_numpy(np.ascontiguousarray(frames[i : i + step]))  # (n, H, W, 3)
         chunk = chunk.permute(0, 3, 1, 2).float().div_(255.0)  # (n, 3, H, W)
-        out[i : i + _CHUNK] = resize_frames(chunk, size, resize)
+        out[i : i + step] = resize_frames(chunk, size, resize)
     return out
 
 
@@ -410,8 +459,9 @@ def read_video(
 
     ``size`` is the target length of the short or long side (``resize``), aspect ratio
     kept; ``None`` or ``resize="none"`` keeps the source size. ``backend`` picks the
-    video decoder ("auto" tries decord, PyAV, imageio in turn). The clip's fps is the
-    source fps divided by ``stride``.
+    video decoder ("auto" tries PyAV, decord, imageio in turn). The clip's fps is the
+    source fps divided by ``stride``. Frames are decoded and resized ``_CHUNK`` at a
+    time, so only the resized clip is ever held whole.
     """
     if backend not in BACKENDS:
         raise ConfigError(f"backend={backend!r} is not one of {', '.join(BACKENDS)}; pick one of them")
@@ -423,13 +473,17 @@ def read_video(
     target_size(1, 1, size, resize)  # validate before decoding anything
     path, kind = _check_path(path)
     sel = _Selection(start, stride, max_frames)
+
+    def convert(raw: np.ndarray) -> torch.Tensor:  # a decoded chunk, resized at once: the full size never piles up
+        return _to_float_frames(raw, size, resize)
+
     try:
         if kind == "video":
-            raw, source_fps, idx, used = _decode(path, sel, backend)
+            frames, source_fps, idx, used = _decode(path, sel, backend, convert)
             has_audio = _audio_info(path)[0]
         else:
             files = _image_files(path) if kind == "folder" else [path]
-            raw, idx = _read_images(files, sel)
+            frames, idx = _read_images(files, sel, convert)
             source_fps, used, has_audio = IMAGE_FPS, "pillow", False
     except _NoFrames as e:
         if e.total == 0:
@@ -440,8 +494,85 @@ def read_video(
     if not source_fps or source_fps <= 0:
         logger.warning("%s reports no frame rate; assuming %s fps", path, IMAGE_FPS)
         source_fps = IMAGE_FPS
-    frames = _to_float_frames(raw, size, resize)  # (F, 3, H, W)
-    return Clip(frames, source_fps / stride, path, idx, has_audio, source_fps, used)
+    return Clip(frames, source_fps / stride, path, idx, has_audio, source_fps, used)  # frames: (F, 3, H, W)
+
+
+def iter_frames(
+    path: str | Path, indices: Sequence[int], backend: str = "auto", chunk: int = _CHUNK
+) -> Iterator[np.ndarray]:
+    """Yield frames ``indices`` (increasing) of a video, image folder or image, one by one, at the source's own size.
+
+    The streaming twin of ``read_video``: each frame is uint8 ``(H, W, 3)``, decoded
+    ``chunk`` frames at a time, and nothing else is kept, so memory does not grow with
+    the clip. ``backend`` is one of ``read_video``'s (pass the ``Clip.backend`` that
+    read the clip, so both see the same decoder's pixels; "pillow" reads images).
+    A source with fewer frames than asked raises InputError.
+    """
+    idx = [int(i) for i in indices]
+    if any(b <= a for a, b in zip(idx, idx[1:])) or (idx and idx[0] < 0):
+        raise ValueError(f"indices must be increasing and >= 0, got {idx[:8]}...")
+    path, kind = _check_path(path)
+    if not idx:
+        return
+    if kind != "video":
+        files = _image_files(path) if kind == "folder" else [path]
+        if idx[-1] >= len(files):
+            raise InputError(f"{path}: has {len(files)} image(s), frame {idx[-1]} is needed; the folder changed")
+        for i in idx:
+            yield _load_image(files[i])
+        return
+    if backend in ("auto", "pillow"):
+        backend = "pyav"
+    if backend not in _READERS:
+        raise ConfigError(f"backend={backend!r} is not one of {', '.join(BACKENDS)}; pick one of them")
+    count = 0
+    for frame in _STREAMS[backend](path, idx, chunk):
+        count += 1
+        yield frame
+    if count < len(idx):
+        raise InputError(f"{path}: decoded {count} of the {len(idx)} frames needed; check that the file is complete")
+
+
+def _stream_decord(path: Path, idx: list[int], chunk: int) -> Iterator[np.ndarray]:
+    import decord
+
+    vr = decord.VideoReader(str(path), ctx=decord.cpu(0))  # full size: see module docstring
+    idx = [i for i in idx if i < len(vr)]
+    for i in range(0, len(idx), chunk):
+        yield from vr.get_batch(idx[i : i + chunk]).asnumpy()  # (n, H, W, 3) uint8
+
+
+def _stream_pyav(path: Path, idx: list[int], chunk: int) -> Iterator[np.ndarray]:
+    import av
+
+    want = iter(idx)
+    nxt = next(want)
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for i, frame in enumerate(container.decode(stream)):
+            if i == nxt:
+                yield frame.to_ndarray(format="rgb24")
+                nxt = next(want, None)
+                if nxt is None:
+                    return
+
+
+def _stream_imageio(path: Path, idx: list[int], chunk: int) -> Iterator[np.ndarray]:
+    import imageio.v3 as iio
+
+    plugin, kwargs = ("pillow", {"mode": "RGB"}) if path.suffix.lower() == ".gif" else ("FFMPEG", {})
+    want = iter(idx)
+    nxt = next(want)
+    for i, frame in enumerate(iio.imiter(path, plugin=plugin, **kwargs)):
+        if i == nxt:
+            yield np.ascontiguousarray(np.asarray(frame)[..., :3])
+            nxt = next(want, None)
+            if nxt is None:
+                return
+
+
+_STREAMS = {"decord": _stream_decord, "pyav": _stream_pyav, "imageio": _stream_imageio}
 
 
 # ----------------------------------------------------------------------------- writing
@@ -460,7 +591,8 @@ def to_uint8(frames: torch.Tensor | np.ndarray) -> np.ndarray:
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"torch frames must be (F, 3, H, W), got {tuple(frames.shape)}")
         if x.dtype != torch.uint8:
-            x = x.float().clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
+            # One float temporary, updated in place: at native scale every extra copy is tens of MB.
+            x = x.float().clamp(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)
         return x.permute(0, 2, 3, 1).contiguous().numpy()  # (F, H, W, 3)
     x = np.asarray(frames)
     if x.ndim == 3:
@@ -520,49 +652,269 @@ def _audio_source(audio_from: str | Path | None):
         ) from e
 
 
-def _read_audio(src: Path, rate: int, layout: str, start: float, duration: float) -> np.ndarray:
-    """Samples of [start, start + duration) as float32 (channels, n), in ``layout`` at ``rate``.
+def _audio_blocks(src: Path, rate: int, layout: str, first: int) -> Iterator[np.ndarray]:
+    """Consecutive float32 (channels, n) sample blocks of ``src`` from sample ``first`` on, then silence forever.
 
-    Frames are placed by their timestamps, so the seek landing early costs nothing.
+    Decoded frames are placed by their timestamps, so a seek that lands early costs
+    nothing; the same rate in and out means the resampler adds no delay.
     """
     import av
 
-    first = round(start * rate)
-    last = first + round(duration * rate)
-    parts = []
+    channels = 1 if layout == "mono" else 2
     resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate)
+    pos = first  # the next sample to yield
     with av.open(str(src)) as container:
         stream = container.streams.audio[0]
-        if start > 0 and stream.time_base:
-            container.seek(int(start / stream.time_base), stream=stream, backward=True)
+        if first > 0 and stream.time_base:
+            container.seek(int(first / rate / stream.time_base), stream=stream, backward=True)
         for frame in container.decode(stream):
-            pos = round((frame.time or 0.0) * rate)  # first sample of this frame in the source
-            if pos >= last:
-                break
-            # Same rate in and out, so the resampler adds no delay: samples stay aligned to ``pos``.
+            at = round((frame.time or 0.0) * rate)  # first sample of this frame in the source
             data = np.concatenate([f.to_ndarray() for f in resampler.resample(frame)], axis=1)
-            lo, hi = max(first - pos, 0), min(last - pos, data.shape[1])
-            if hi > lo:
-                parts.append(data[:, lo:hi])
-    channels = 1 if layout == "mono" else 2
-    samples = np.concatenate(parts, axis=1) if parts else np.zeros((channels, 0), np.float32)
-    # A source that ends early is padded with silence, so the track always spans the request.
-    return np.pad(samples, ((0, 0), (0, last - first - samples.shape[1])))
+            if at + data.shape[1] > pos:
+                yield data[:, max(pos - at, 0) :]
+                pos = at + data.shape[1]
+    # A source that ends early is padded with silence, so the track always spans the video.
+    silence = np.zeros((channels, rate), np.float32)
+    while True:
+        yield silence
 
 
-def _encode_audio(container, stream, samples: np.ndarray, layout: str, rate: int) -> None:
+class _AudioTrack:
+    """Another file's audio from ``start`` seconds, encoded to ``stream`` as far as the video has come.
+
+    Whole AAC frames are encoded after every video chunk (``until``), so the file is
+    interleaved and nothing but a frame's worth of samples is buffered; ``finish``
+    writes the rest (``duration`` seconds in all, or as long as the video).
+    """
+
+    def __init__(self, container, stream, src: Path, spec: tuple[int, str], start: float, duration: float | None):
+        self.container, self.stream = container, stream
+        self.rate, self.layout = spec
+        self.limit = None if duration is None else round(duration * self.rate)
+        self.size = stream.codec_context.frame_size or 1024
+        self.blocks = _audio_blocks(src, self.rate, self.layout, round(start * self.rate))
+        self.buffer = np.zeros((1 if self.layout == "mono" else 2, 0), np.float32)
+        self.written = 0  # samples encoded so far
+
+    def _target(self, seconds: float) -> int:
+        target = round(seconds * self.rate)
+        return target if self.limit is None else min(target, self.limit)
+
+    def _encode(self, n: int) -> None:
+        import av
+
+        while self.buffer.shape[1] < n:
+            self.buffer = np.concatenate([self.buffer, next(self.blocks)], axis=1)
+        samples, self.buffer = self.buffer[:, :n], self.buffer[:, n:]
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples, dtype=np.float32), format="fltp",
+                                           layout=self.layout)
+        frame.sample_rate = self.rate
+        frame.pts = self.written
+        for packet in self.stream.encode(frame):
+            self.container.mux(packet)
+        self.written += n
+
+    def until(self, seconds: float) -> None:
+        """Encode the whole frames that end by ``seconds`` of the output."""
+        target = self._target(seconds)
+        while self.written + self.size <= target:
+            self._encode(self.size)
+
+    def finish(self, seconds: float) -> None:
+        """Encode up to the end (``duration``, else ``seconds``) and flush the encoder."""
+        target = self.limit if self.limit is not None else round(seconds * self.rate)
+        while self.written < target:
+            self._encode(min(self.size, target - self.written))
+        for packet in self.stream.encode():
+            self.container.mux(packet)
+        self.blocks.close()
+
+
+@functools.lru_cache(maxsize=None)
+def _x264_asm() -> str | None:
+    """x264's ``asm=`` value: the CPU features x264 detects here, without AVX512; None when it uses no AVX-512.
+
+    x264's AVX-512 ``mbtree_propagate_list`` reads past its arrays at the end of the
+    last macroblock row (see the module docstring), which makes its output depend on
+    leftover heap bytes. The feature names come from x264's own log line ("using cpu
+    capabilities: ..."), so only features this CPU has are ever asked for.
+    """
+    import io
+
     import av
+    import av.logging
 
-    size = stream.codec_context.frame_size or 1024
-    for i in range(0, samples.shape[1], size):
-        chunk = np.ascontiguousarray(samples[:, i : i + size], dtype=np.float32)  # (channels, n)
-        frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=layout)
-        frame.sample_rate = rate
-        frame.pts = i
-        for packet in stream.encode(frame):
-            container.mux(packet)
-    for packet in stream.encode():
-        container.mux(packet)
+    previous = av.logging.get_level()
+    lines = []
+    try:
+        av.logging.set_level(av.logging.INFO)
+        with av.logging.Capture(local=True) as lines:
+            container = av.open(io.BytesIO(), mode="w", format="mp4")
+            try:
+                stream = container.add_stream("libx264", rate=1)
+                stream.width = stream.height = 16
+                stream.pix_fmt = "yuv420p"
+                stream.codec_context.open()
+            finally:
+                container.close()
+    except Exception as e:  # noqa: BLE001 - without the probe x264 keeps its defaults
+        logger.debug("could not ask x264 for its CPU features: %s", e)
+        return None
+    finally:
+        av.logging.set_level(previous)
+    for _, _, message in lines:
+        if message.startswith("using cpu capabilities:"):
+            flags = message.split(":", 1)[1].split()
+            return ",".join(f for f in flags if f != "AVX512") if "AVX512" in flags else None
+    return None
+
+
+class VideoWriter:
+    """An H.264 yuv420p BT.709 mp4 (or mov/mkv), written chunk by chunk and atomically, optionally with another file's audio.
+
+    ``write(frames)`` takes torch (n, 3, H, W) float in [0, 1] or uint8, or numpy
+    (n, H, W, 3) uint8 (or one frame); the first chunk fixes the size, and an odd
+    width or height is padded by one replicated column/row. The audio of
+    ``audio_from`` from ``audio_start`` is interleaved as the video advances:
+    ``audio_duration`` seconds of it, or (None) as long as the video. ``close()``
+    finishes the file and moves it into place; ``abort()`` removes it. As a context
+    manager it closes on success and aborts on an exception. Nothing touches the
+    disk before the first frame. ``crf`` and ``preset`` are x264's.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        fps: float,
+        *,
+        audio_from: str | Path | None = None,
+        audio_start: float = 0.0,
+        audio_duration: float | None = None,
+        crf: int = 18,
+        preset: str = "medium",
+        audio_bitrate: int = 128_000,
+    ):
+        self.path = Path(path)
+        if self.path.suffix.lower() not in WRITE_SUFFIXES:
+            raise InputError(
+                f"{self.path}: write_video writes {', '.join(WRITE_SUFFIXES)}; use write_gif or write_frames for other outputs"
+            )
+        self.rate = _fps_fraction(fps)
+        if audio_start < 0 or (audio_duration is not None and audio_duration <= 0):
+            raise ValueError(f"audio window start={audio_start}, duration={audio_duration}: need start >= 0, duration > 0")
+        if preset not in X264_PRESETS:
+            raise ConfigError(f"x264 preset {preset!r} is not one of {', '.join(X264_PRESETS)}")
+        self.crf, self.preset, self.audio_bitrate = crf, preset, audio_bitrate
+        self.audio_from = None if audio_from is None else Path(audio_from)
+        self.audio_start, self.audio_duration = audio_start, audio_duration
+        self.audio_spec = _audio_source(audio_from)
+        self.frames = 0
+        self._shape = None
+        self._stack = None  # holds the atomic temporary path once the first frame arrives
+        self._container = self._video = self._audio = None
+        self._done = False
+
+    def _open(self, shape: tuple[int, int, int]) -> None:
+        import av
+        from av.video.reformatter import ColorRange, Colorspace
+
+        self._stack = contextlib.ExitStack()
+        tmp = self._stack.enter_context(atomic_path(self.path))
+        self._container = container = av.open(str(tmp), mode="w")
+        video = container.add_stream("libx264", rate=self.rate)
+        video.pix_fmt = "yuv420p"
+        video.height, video.width = shape[0] + shape[0] % 2, shape[1] + shape[1] % 2
+        ctx = video.codec_context
+        ctx.thread_type = "FRAME"  # x264's frame threads: faster than PyAV's default slices, same bytes every run
+        ctx.colorspace, ctx.color_range = Colorspace.ITU709, ColorRange.MPEG
+        for name in ("color_primaries", "color_trc"):  # BT.709 = 1 in both FFmpeg enums
+            if hasattr(ctx, name):
+                setattr(ctx, name, 1)
+        options = {"crf": str(self.crf), "preset": self.preset}
+        asm = _x264_asm()
+        if asm:
+            options["x264-params"] = f"asm={asm}"
+        video.options = options
+        self._video = video
+        if self.audio_spec is not None:
+            # Streams must all exist before the first packet is muxed (that writes the header).
+            stream = container.add_stream("aac", rate=self.audio_spec[0], layout=self.audio_spec[1])
+            stream.bit_rate = self.audio_bitrate
+            self._audio = _AudioTrack(container, stream, self.audio_from, self.audio_spec, self.audio_start,
+                                      self.audio_duration)
+
+    def _yuv(self, frame: np.ndarray, index: int):
+        import av
+        from av.video.reformatter import ColorRange, Colorspace
+
+        rgb = av.VideoFrame.from_ndarray(frame, format="rgb24")
+        # BT.709 matrix, limited range: what the stream is tagged with (swscale's default is BT.601).
+        out = rgb.reformat(format="yuv420p", src_color_range=ColorRange.JPEG, dst_colorspace=Colorspace.ITU709,
+                           dst_color_range=ColorRange.MPEG)
+        out.colorspace, out.color_range = Colorspace.ITU709, ColorRange.MPEG
+        out.pts = index
+        return out
+
+    def write(self, frames: torch.Tensor | np.ndarray) -> None:
+        """Encode a chunk of frames (and the audio up to its end)."""
+        if self._done:
+            raise ValueError(f"{self.path}: writer already closed")
+        chunk = to_uint8(frames)  # (n, H, W, 3)
+        if not len(chunk):
+            return
+        if self._shape is None:
+            self._shape = chunk.shape[1:]
+            self._open(self._shape)
+        elif chunk.shape[1:] != self._shape:
+            raise ValueError(f"frame size changed from {self._shape} to {chunk.shape[1:]} in {self.path}")
+        for frame in _pad_even(chunk):
+            for packet in self._video.encode(self._yuv(frame, self.frames)):
+                self._container.mux(packet)
+            self.frames += 1
+        if self._audio is not None:
+            self._audio.until(self.frames / float(self.rate))
+
+    def close(self) -> Path:
+        """Flush the encoders, complete the audio and move the file into place."""
+        if self._done:
+            return self.path
+        if self._container is None:
+            self._done = True
+            raise ValueError(f"no frames to write to {self.path}")
+        try:
+            for packet in self._video.encode():
+                self._container.mux(packet)
+            if self._audio is not None:
+                self._audio.finish(self.frames / float(self.rate))
+            self._container.close()
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+        self._stack.close()  # renames the temporary file onto the path
+        return self.path
+
+    def abort(self) -> None:
+        """Stop and remove what was written; the final path is left as it was."""
+        if self._done:
+            return
+        self._done = True
+        if self._container is not None:
+            with contextlib.suppress(Exception):  # a half-written file may fail to close; it is removed anyway
+                self._container.close()
+        if self._audio is not None:
+            self._audio.blocks.close()
+        if self._stack is not None:
+            self._stack.__exit__(RuntimeError, RuntimeError("aborted"), None)  # removes the temporary file
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
 
 def write_video(
@@ -574,6 +926,7 @@ def write_video(
     audio_duration: float | None = None,
     crf: int = 18,
     audio_bitrate: int = 128_000,
+    preset: str = "medium",
 ) -> Path:
     """Write an H.264 yuv420p mp4 (or mov/mkv) atomically; optionally keep audio from another file.
 
@@ -581,90 +934,109 @@ def write_video(
     iterable of such frames or chunks (written as they come, e.g. from a chunked
     decoder). Odd sizes are padded by one replicated row/column. If ``audio_from``
     has an audio stream, its [audio_start, audio_start + audio_duration) is encoded
-    to AAC (``audio_duration=None``: the length of the written video).
+    to AAC (``audio_duration=None``: the length of the written video). See ``VideoWriter``.
     """
-    import av
+    writer = VideoWriter(path, fps, audio_from=audio_from, audio_start=audio_start, audio_duration=audio_duration,
+                         crf=crf, preset=preset, audio_bitrate=audio_bitrate)
+    with writer:
+        for chunk in _uint8_chunks(frames):
+            writer.write(chunk)
+    return writer.path
 
-    path = Path(path)
-    if path.suffix.lower() not in WRITE_SUFFIXES:
-        raise InputError(
-            f"{path}: write_video writes {', '.join(WRITE_SUFFIXES)}; use write_gif or write_frames for other outputs"
-        )
-    rate = _fps_fraction(fps)
-    if audio_start < 0 or (audio_duration is not None and audio_duration <= 0):
-        raise ValueError(f"audio window start={audio_start}, duration={audio_duration}: need start >= 0, duration > 0")
-    audio = _audio_source(audio_from)
-    with atomic_path(path) as tmp:
-        container = av.open(str(tmp), mode="w")
-        ok = False
-        try:
-            video = container.add_stream("libx264", rate=rate)
-            video.pix_fmt = "yuv420p"
-            video.options = {"crf": str(crf)}
-            if audio is not None:
-                # Streams must all exist before the first packet is muxed (that writes the header).
-                astream = container.add_stream("aac", rate=audio[0], layout=audio[1])
-                astream.bit_rate = audio_bitrate
-            count, shape = 0, None
-            for chunk in _uint8_chunks(frames):  # (n, H, W, 3)
-                if shape is None:
-                    shape = chunk.shape[1:]
-                    video.height, video.width = _pad_even(chunk[:1]).shape[1:3]
-                elif chunk.shape[1:] != shape:
-                    raise ValueError(f"frame size changed from {shape} to {chunk.shape[1:]} in {path}")
-                for frame in _pad_even(chunk):
-                    for packet in video.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                        container.mux(packet)
-                count += len(chunk)
-            if count == 0:
-                raise ValueError(f"no frames to write to {path}")
-            for packet in video.encode():
-                container.mux(packet)
-            if audio is not None:
-                length = count / float(rate) if audio_duration is None else audio_duration
-                samples = _read_audio(Path(audio_from), audio[0], audio[1], audio_start, length)
-                _encode_audio(container, astream, samples, audio[1], audio[0])
-            ok = True
-        finally:
-            try:
-                container.close()
-            except Exception:  # noqa: BLE001 - closing a half-written file may fail; its error is secondary
-                if ok:
-                    raise
-    return path
+
+class GifWriter:
+    """A looping GIF written atomically at ``close()``: Pillow writes a GIF at once, so the frames (uint8) are kept until then.
+
+    GIF delays are whole centiseconds; Pillow merges identical consecutive frames
+    into one longer frame, so a static stretch reads back as fewer frames.
+    """
+
+    def __init__(self, path: str | Path, fps: float):
+        self.path = Path(path)
+        _fps_fraction(fps)
+        self.fps = fps
+        self.chunks: list[np.ndarray] = []
+
+    def write(self, frames: torch.Tensor | np.ndarray) -> None:
+        self.chunks.append(to_uint8(frames))
+
+    def close(self) -> Path:
+        import imageio.v3 as iio
+
+        data = np.concatenate(self.chunks, axis=0) if self.chunks else None  # (F, H, W, 3)
+        self.chunks = []
+        if data is None or not len(data):
+            raise ValueError(f"no frames to write to {self.path}")
+        with atomic_path(self.path) as tmp:
+            iio.imwrite(tmp, data, plugin="pillow", extension=".gif", duration=1000.0 / self.fps, loop=0)
+        return self.path
+
+    def abort(self) -> None:
+        self.chunks = []
+
+    def __enter__(self) -> "GifWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close() if exc_type is None else self.abort()
 
 
 def write_gif(path: str | Path, frames: FrameSource, fps: float) -> Path:
-    """Write a looping GIF atomically (real size kept; GIF delays are whole centiseconds).
+    """Write a looping GIF atomically (real size kept); see ``GifWriter``."""
+    with GifWriter(path, fps) as writer:
+        for chunk in _uint8_chunks(frames):
+            writer.write(chunk)
+    return writer.path
 
-    Pillow merges identical consecutive frames into one longer frame, so a static
-    stretch reads back as fewer frames.
-    """
-    import imageio.v3 as iio
 
-    path = Path(path)
-    _fps_fraction(fps)
-    data = np.concatenate(list(_uint8_chunks(frames)), axis=0)  # (F, H, W, 3)
-    with atomic_path(path) as tmp:
-        iio.imwrite(tmp, data, plugin="pillow", extension=".gif", duration=1000.0 / fps, loop=0)
-    return path
+class FrameWriter:
+    """PNGs frame_00000.png, ... written into ``folder`` chunk by chunk; the folder appears complete at ``close()`` or not at all."""
+
+    def __init__(self, folder: str | Path):
+        self.path = Path(folder)
+        self.frames = 0
+        self._stack = None
+        self._tmp = None
+        self._done = False
+
+    def write(self, frames: torch.Tensor | np.ndarray) -> None:
+        from PIL import Image
+
+        if self._stack is None:
+            self._stack = contextlib.ExitStack()
+            self._tmp = self._stack.enter_context(atomic_path(self.path))
+            self._tmp.mkdir()
+        for frame in to_uint8(frames):
+            Image.fromarray(frame).save(self._tmp / f"frame_{self.frames:05d}.png")
+            self.frames += 1
+
+    def close(self) -> Path:
+        if self._done:
+            return self.path
+        self._done = True
+        if self._stack is None:
+            raise ValueError(f"no frames to write to {self.path}")
+        self._stack.close()
+        return self.path
+
+    def abort(self) -> None:
+        if not self._done and self._stack is not None:
+            self._stack.__exit__(RuntimeError, RuntimeError("aborted"), None)
+        self._done = True
+
+    def __enter__(self) -> "FrameWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.close() if exc_type is None else self.abort()
 
 
 def write_frames(folder: str | Path, frames: FrameSource) -> Path:
     """Write frames as PNGs frame_00000.png, ... into ``folder`` atomically (a complete folder or none)."""
-    from PIL import Image
-
-    folder = Path(folder)
-    with atomic_path(folder) as tmp:
-        tmp.mkdir()
-        i = 0
+    with FrameWriter(folder) as writer:
         for chunk in _uint8_chunks(frames):
-            for frame in chunk:
-                Image.fromarray(frame).save(tmp / f"frame_{i:05d}.png")
-                i += 1
-        if i == 0:
-            raise ValueError(f"no frames to write to {folder}")
-    return folder
+            writer.write(chunk)
+    return writer.path
 
 
 def side_by_side(a: torch.Tensor, b: torch.Tensor, gap: int = 4, fill: float = 0.0) -> torch.Tensor:

@@ -23,9 +23,11 @@ from motia.geometry import (
     paste_known,
     place_on_canvas,
     plan_canvas,
+    resample_canvas,
     resize_map,
     sample_border_mask,
     sample_border_widths,
+    scale_canvas,
 )
 
 
@@ -388,3 +390,74 @@ def test_paste_known_clamps_and_checks_shapes():
         paste_known(generated, torch.ones(1, 3, 8, 9), canvas)
     with pytest.raises(ValueError):
         paste_known(generated, source, canvas, feather=-1)
+
+
+def test_paste_with_a_box_mask_equals_the_box_paste():
+    canvas = Canvas(src_h=9, src_w=11, height=24, width=40, top=6, left=13)
+    gen = torch.Generator().manual_seed(1)
+    generated, source = torch.rand(3, 3, 24, 40, generator=gen), torch.rand(3, 3, 9, 11, generator=gen)
+    nothing_more = torch.zeros(3, 1, 24, 40)
+    for feather in (0, 1, 3, 7.5, 30):
+        box = paste_known(generated, source, canvas, feather)
+        general = paste_known(generated, source, canvas, feather, known=nothing_more, known_image=generated)
+        assert torch.equal(general, box), feather
+
+
+def test_paste_takes_per_frame_known_pixels_with_the_same_seam():
+    canvas = Canvas(src_h=8, src_w=8, height=20, width=40, top=6, left=4)
+    gen = torch.Generator().manual_seed(2)
+    generated = torch.full((2, 3, 20, 40), 0.3)
+    source = torch.rand(2, 3, 8, 8, generator=gen)
+    image = torch.rand(2, 3, 20, 40, generator=gen)
+    known = torch.zeros(2, 1, 20, 40)
+    known[0, :, 4:16, 26:30] = 1  # frame 0 also knows a 12x4 patch right of the box
+    out = paste_known(generated, source, canvas, 4, known=known, known_image=image)
+    assert torch.equal(out[0, :, 4:16, 26:30], image[0, :, 4:16, 26:30])  # exact where known
+    assert torch.equal(out[:, :, 6:14, 4:12], source)  # the box is always the source
+    # Left of the patch, 2 px away: half the residual of the patch's nearest pixel (row 10, column 26).
+    r = image[0, :, 10, 26] - 0.3
+    assert torch.allclose(out[0, :, 10, 24], (0.3 + 0.5 * r).clamp(0, 1), atol=1e-6)
+    # Diagonal from the patch corner (3, 25) -> (4, 26): distance sqrt(2).
+    r = image[0, :, 4, 26] - 0.3
+    assert torch.allclose(out[0, :, 3, 25], (0.3 + (1 - math.sqrt(2) / 4) * r).clamp(0, 1), atol=1e-6)
+    assert torch.equal(out[0, :, 10, 34:], generated[0, :, 10, 34:])  # beyond the feather: untouched
+    assert torch.equal(out[1], paste_known(generated, source, canvas, 4)[1])  # frame 1 knows only the box
+    with pytest.raises(ValueError, match="known_image"):
+        paste_known(generated, source, canvas, 4, known=known)
+
+
+def _pillow_resample(frames, size, box):
+    from PIL import Image
+
+    import numpy as np
+
+    out = [[np.asarray(Image.fromarray(ch.numpy()).resize(size, Image.BICUBIC, box=box)) for ch in f] for f in frames]
+    return torch.from_numpy(np.array(out)).clamp(0, 1)
+
+
+def test_resample_canvas_maps_box_onto_box_like_pillow():
+    gen = torch.Generator().manual_seed(3)
+    src = Canvas(src_h=10, src_w=14, height=16, width=30, top=3, left=8)
+    frames = torch.rand(2, 3, 16, 30, generator=gen)
+    # Up 2.5x: dst pixel X sits at src 8 + (X - 19) * 0.4, so the dst canvas covers src [0.4, 29.6) x [0.2, 15.8).
+    up = Canvas(src_h=25, src_w=35, height=39, width=73, top=7, left=19)
+    out = resample_canvas(frames, src, up)
+    assert out.shape == (2, 3, 39, 73)
+    assert (out - _pillow_resample(frames, (73, 39), (0.4, 0.2, 29.6, 15.8))).abs().max() < 1e-5
+    # Down 0.5x (antialiased): the box 10x14 -> 5x7.
+    down = Canvas(src_h=5, src_w=7, height=7, width=15, top=1, left=4)
+    out = resample_canvas(frames, src, down)
+    assert (out - _pillow_resample(frames, (15, 7), (0.0, 1.0, 30.0, 15.0))).abs().max() < 1e-5
+    assert resample_canvas(frames, src, src) is frames
+    # A dst canvas reaching a pixel beyond src's edges (rounding) takes the edge, not black.
+    flat = torch.full((1, 3, 8, 8), 0.5)
+    wide = resample_canvas(flat, Canvas(4, 4, 8, 8, 2, 2), Canvas(src_h=4, src_w=4, height=10, width=10, top=3, left=3))
+    assert (wide - 0.5).abs().max() < 1e-6
+    assert torch.equal(wide[..., 1:9, 1:9], flat)  # the same scale, shifted by whole pixels: a plain copy
+
+
+def test_scale_canvas_keeps_the_box_in_proportion():
+    canvas = Canvas(src_h=1920, src_w=1080, height=1920, width=3414, top=0, left=1167)
+    out = scale_canvas(canvas, 1080, 1920)
+    assert (out.height, out.width, out.top, out.left) == (1080, 1920, 0, 656)
+    assert (out.src_h, out.src_w) == (1080, 608)  # round(1167 * 0.5624), round(2247 * 0.5624)

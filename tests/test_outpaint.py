@@ -246,10 +246,11 @@ def test_odd_source_end_to_end_with_audio(tmp_path):
     from motia.outpaint import outpaint_from_config
     from motia.video import probe_video, read_video
 
-    # The bundled clip (96x64, audio) resized to a 37-pixel short side: 37x56.
+    # The bundled clip (96x64, audio) resized to a 37-pixel short side: 37x56, written at that scale.
     cfg = load_config(CONFIGS / "tiny.yaml", CHEAP + [
         "video.path=sample:clip", "video.resize=short_side", "video.size=37", "video.start=3",
         "video.max_frames=5", f"output.dir={tmp_path}", "output.name=odd", "output.gif=true", "output.frames=true",
+        "output.resolution=model",
     ])
     models = ModelCache()
     calls = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 import wave
 
@@ -83,10 +84,19 @@ def test_backends_agree_and_select(mp4, backend):
     assert read_video(path, start=9, max_frames=10, backend=backend).frame_indices == [9, 10, 11]
 
 
-def test_auto_falls_back_when_decord_is_missing(mp4, monkeypatch):
+def test_auto_streams_with_pyav_and_falls_back(mp4, monkeypatch):
+    import motia.video as V
+
+    # PyAV first: decord's batch reads grew with the clip (~1 GB after 300 1080p frames).
+    assert read_video(mp4[0], max_frames=4).backend == "pyav"
+
+    def broken(*args):
+        raise ValueError("cannot decode")
+
+    monkeypatch.setitem(V._READERS, "pyav", broken)
     monkeypatch.setitem(sys.modules, "decord", None)  # makes `import decord` raise ImportError
     clip = read_video(mp4[0], max_frames=4)
-    assert clip.backend == "pyav" and clip.frames.shape[0] == 4
+    assert clip.backend == "imageio" and clip.frames.shape[0] == 4
 
 
 def test_gif_round_trip(tmp_path):
@@ -258,3 +268,100 @@ def test_side_by_side_centres_the_shorter_clip():
     assert torch.all(out[..., :3, 8:] == 0.0) and torch.all(out[..., 7:, 8:] == 0.0)
     with pytest.raises(ValueError):
         side_by_side(a, b[:1])
+
+
+def noisy_frames(n: int, h: int, w: int) -> np.ndarray:
+    """uint8 (n, h, w, 3): moving waves plus fixed noise, the content that made x264 runs differ."""
+    rng = np.random.default_rng(0)
+    y, x = np.linspace(0, 3, h)[:, None], np.linspace(0, 4, w)[None]
+    waves = np.stack([np.stack([0.5 + 0.4 * np.sin(x + 0.7 * y + 0.3 * f + p) for p in (0, 2, 4)], -1) for f in range(n)])
+    return (waves * 255).round().astype(np.uint8) + rng.integers(0, 20, waves.shape, dtype=np.uint8)
+
+
+def test_mp4_is_bt709_tagged_and_converted_with_that_matrix(tmp_path):
+    import subprocess
+
+    import imageio.v3 as iio
+    import imageio_ffmpeg
+
+    colours = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [230, 180, 40], [20, 60, 220], [128, 128, 128]], np.uint8)
+    frame = np.repeat(np.repeat(colours[None], 16, axis=0), 16, axis=1)  # (16, 96, 3): 16x16 solid blocks
+    out = write_video(tmp_path / "c.mp4", np.stack([frame] * 3), fps=8, crf=0)
+    with av.open(str(out)) as c:
+        ctx = c.streams.video[0].codec_context
+        assert (int(ctx.colorspace), int(ctx.color_range), int(ctx.color_primaries), int(ctx.color_trc)) == (1, 1, 1, 1)
+    probe = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(out)], capture_output=True, text=True)
+    assert "yuv420p(tv, bt709" in probe.stderr  # range, matrix (and primaries/transfer) as ffmpeg reads them
+    # ffmpeg converts back by the tags: the block centres come back (a BT.601 matrix under a BT.709 tag is ~10 levels off)
+    back = iio.imread(out, plugin="FFMPEG", index=0).astype(int)
+    centres = back[8, 8::16]
+    assert np.abs(centres - colours).max() <= 2
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="MALLOC_PERTURB_ is glibc's")
+def test_mp4_bytes_do_not_depend_on_leftover_memory(tmp_path):
+    import subprocess
+
+    np.save(tmp_path / "f.npy", noisy_frames(24, 64, 144))  # 9 macroblocks wide: x264's AVX-512 mbtree read garbage
+    script = (
+        "import sys, numpy as np; from motia.video import write_video, sample_clip_path; "
+        "write_video(sys.argv[2], np.load(sys.argv[1]), 8, audio_from=sample_clip_path())"
+    )
+    outs = []
+    for perturb in ("1", "200"):  # glibc fills fresh allocations with this byte
+        env = {**os.environ, "MALLOC_PERTURB_": perturb}
+        path = tmp_path / f"p{perturb}.mp4"
+        subprocess.run([sys.executable, "-c", script, str(tmp_path / "f.npy"), str(path)], env=env, check=True)
+        outs.append(path.read_bytes())
+    assert outs[0] == outs[1]
+
+
+def test_writer_interleaves_audio_as_chunks_arrive(tmp_path):
+    from motia.video import VideoWriter
+
+    # 50 s at 4 fps: far longer than the muxer's own 10 s interleaving queue, so audio
+    # encoded only at the end would land after the first 40 s of video in the file.
+    src = smooth_frames(200, 16, 16)
+    with VideoWriter(tmp_path / "s.mp4", 4, audio_from=sample_clip_path(), audio_start=0.5) as writer:
+        for i in range(0, 200, 8):
+            writer.write(src[i : i + 8])
+            assert not (tmp_path / "s.mp4").exists()  # only complete files appear under the final name
+    with av.open(str(writer.path)) as c:
+        packets = [(p.stream.type, p.pos) for p in c.demux() if p.size]  # demuxed in time order; pos = file offset
+    video = sorted(pos for kind, pos in packets if kind == "video")
+    assert min(pos for kind, pos in packets if kind == "audio") < video[len(video) // 10]
+    info = probe_video(writer.path)
+    assert info.num_frames == 200 and info.audio_duration == pytest.approx(50.0, abs=0.05)  # 2.5 s, then silence
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav", "imageio"])
+def test_iter_frames_streams_the_selected_frames_at_full_size(mp4, backend, tmp_path):
+    from motia.video import iter_frames
+
+    if backend == "decord":
+        pytest.importorskip("decord", reason="decord has no wheel for this platform")
+    path, _ = mp4
+    whole = read_video(path, backend=backend)
+    got = np.stack(list(iter_frames(path, [1, 4, 5, 11], backend=backend, chunk=2)))
+    assert got.shape == (4, 48, 64, 3) and got.dtype == np.uint8
+    assert np.array_equal(got, to_uint8(whole.frames[[1, 4, 5, 11]]))
+    with pytest.raises(InputError, match="clip.mp4"):
+        list(iter_frames(path, [3, 12], backend=backend))
+    src = smooth_frames(4, 21, 33)
+    write_frames(tmp_path / "pngs", src)
+    assert np.array_equal(np.stack(list(iter_frames(tmp_path / "pngs", [0, 2], backend="pillow"))), to_uint8(src[[0, 2]]))
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav", "imageio"])
+def test_read_video_never_holds_the_full_size_clip(tmp_path, monkeypatch, backend):
+    import motia.video as V
+
+    if backend == "decord":
+        pytest.importorskip("decord", reason="decord has no wheel for this platform")
+    path = write_video(tmp_path / "c.mp4", smooth_frames(40, 48, 64), fps=8)  # decord fails on 48 px wide frames
+    seen = []
+    convert = V._to_float_frames
+    monkeypatch.setattr(V, "_to_float_frames", lambda raw, *a: seen.append(len(raw)) or convert(raw, *a))
+    clip = read_video(path, size=16, backend=backend)
+    assert clip.frames.shape == (40, 3, 16, 21)
+    assert sum(seen) == 40 and max(seen) <= V._CHUNK  # decoded frames are resized a chunk at a time

@@ -1,0 +1,187 @@
+"""A run's written outputs: decoded frames put on the output canvas, the known pixels pasted back, streamed to the writers.
+
+``OutputWriter`` is ``outpaint``'s sink. Each decoded chunk of model-canvas frames
+(n, 3, H, W) is redrawn on the output canvas (``motia.job.plan_output``: native
+scale by default) with ``geometry.resample_canvas``; the known pixels go back with
+``geometry.paste_known`` (at native scale they are the source's own, decoded chunk
+by chunk with ``video.iter_frames``, never resampled); and the frames go to every
+configured writer (the mp4 with the source's audio, the side-by-side mp4 with it
+too, PNG frames) before the next chunk is decoded. Neither the source at native
+size nor the outpainted clip is ever held whole, so memory depends on the chunk,
+not on the clip length. The GIF is the exception: Pillow writes a GIF at once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from motia.config import JobConfig
+from motia.errors import InputError
+from motia.video import X264_PRESETS, to_uint8
+
+log = logging.getLogger(__name__)
+
+# The side-by-side is shrunk to fit UHD: wider frames (two native canvases side by side)
+# are beyond what most players decode in hardware.
+SIDE_BY_SIDE_MAX = (2160, 3840)  # (H, W)
+# Output-scale frames handled at once: bounds every float copy (a 3414x1920 frame is 79 MB).
+_STEP_BYTES = 64 << 20
+PREVIEW_PRESET = "veryfast"  # the side-by-side's x264 preset, unless output.preset is faster still
+
+
+class OutputWriter:
+    """Writes the outputs of one run chunk by chunk; call it with each decoded chunk, then ``close()``.
+
+    ``canvas`` is the model's canvas (what the chunks are on), ``out_canvas`` the
+    written one (``motia.job.plan_output``), ``native_size`` the source's own (H, W).
+    ``paste`` (default ``cfg.output.paste``) pastes the source back at the output scale;
+    chunks must then be the raw decoded frames. Files appear complete at ``close()``
+    or not at all (``abort()``; a context manager does either). ``timings`` holds the
+    seconds spent reading the source, on the canvas and paste, and writing.
+    """
+
+    def __init__(self, cfg: JobConfig, clip, canvas, out_canvas, run_dir: str | Path,
+                 native_size: tuple[int, int], paste: bool | None = None):
+        from motia.geometry import feather_pixels
+        from motia.video import FrameWriter, GifWriter, VideoWriter, iter_frames
+
+        self.cfg, self.clip, self.canvas, self.out = cfg, clip, canvas, out_canvas
+        o = cfg.output
+        self.paste = o.paste if paste is None else paste
+        self.feather = feather_pixels(o.feather, out_canvas)
+        self.count = 0
+        self.timings = {"read": 0.0, "canvas_paste": 0.0, "write": 0.0}
+        self.outputs: dict[str, str] = {}
+        run_dir = Path(run_dir)
+        fps = o.fps or clip.fps
+        audio = {}
+        if o.keep_audio and clip.has_audio:
+            if o.fps is None or abs(o.fps - clip.fps) < 1e-6:
+                audio = dict(audio_from=clip.source, audio_start=clip.start_time, audio_duration=clip.duration)
+            else:
+                log.warning("output.fps=%s differs from the clip's %.3f fps: the audio would not line up, so it is dropped",
+                            o.fps, clip.fps)
+        self.writers = {}
+        if o.mp4:
+            self.writers["mp4"] = VideoWriter(run_dir / "outpaint.mp4", fps, crf=o.crf, preset=o.preset, **audio)
+        if o.gif:
+            self.writers["gif"] = GifWriter(run_dir / "outpaint.gif", fps)
+        if o.frames:
+            self.writers["frames"] = FrameWriter(run_dir / "frames")
+        if o.side_by_side:
+            # A comparison preview: x264's veryfast at most (at 3840 px wide, medium buffers
+            # about 1 GB of frames and takes twice as long for no visible gain here).
+            preset = min(o.preset, PREVIEW_PRESET, key=X264_PRESETS.index)
+            self.writers["side_by_side"] = VideoWriter(run_dir / "side_by_side.mp4", fps, crf=o.crf, preset=preset,
+                                                       **audio)
+        # Where the known pixels come from: the clip itself at the model's scale or when it was
+        # read at its own size; else the source decoded again at its own size, a chunk at a time.
+        model = out_canvas == canvas
+        self.from_clip = model or tuple(clip.frames.shape[-2:]) == tuple(native_size)
+        self.native = None
+        if not self.from_clip:
+            self.native = iter_frames(clip.source, clip.frame_indices, backend=clip.backend or "auto")
+        self.source_canvas = None if model else _frame_canvas(*native_size)
+
+    def _source(self, n: int) -> torch.Tensor:
+        """The next ``n`` source frames, (n, 3, src_h, src_w) float in [0, 1] at the output scale."""
+        from motia.geometry import Canvas, resample_canvas
+
+        if self.from_clip:
+            frames = self.clip.frames[self.count : self.count + n]  # (n, 3, h, w)
+        else:
+            got = list(itertools.islice(self.native, n))
+            if len(got) < n:
+                raise InputError(f"{self.clip.source}: ran out of frames at {self.count + len(got)} while writing; "
+                                 "check that the file is complete")
+            raw = np.stack(got)  # (n, H, W, 3) uint8
+            frames = torch.from_numpy(raw).permute(0, 3, 1, 2).float().div_(255.0)  # (n, 3, H, W)
+        if self.source_canvas is not None and tuple(frames.shape[-2:]) != (self.out.src_h, self.out.src_w):
+            # A delivery size: the source scaled once from native, like the generated pixels.
+            frames = resample_canvas(frames, self.source_canvas, Canvas(self.out.src_h, self.out.src_w,
+                                                                        self.out.src_h, self.out.src_w, 0, 0))
+        return frames
+
+    def __call__(self, chunk: torch.Tensor) -> None:
+        """Write a chunk of decoded frames (n, 3, H, W) on the model's canvas."""
+        from motia.geometry import paste_known, resample_canvas
+
+        step = max(1, _STEP_BYTES // (self.out.height * self.out.width * 3 * 4))
+        for i in range(0, chunk.shape[0], step):
+            part = chunk[i : i + step]
+            t0 = time.perf_counter()
+            source = self._source(part.shape[0])  # (m, 3, src_h, src_w) at the output scale
+            t1 = time.perf_counter()
+            frames = resample_canvas(part, self.canvas, self.out)  # (m, 3, H, W)
+            if self.paste:
+                frames = paste_known(frames, source, self.out, self.feather)
+            t2 = time.perf_counter()
+            pixels = to_uint8(frames)  # (m, H, W, 3), converted once for every writer
+            for kind, writer in self.writers.items():
+                writer.write(to_uint8(self._side_by_side(source, frames)) if kind == "side_by_side" else pixels)
+            self.timings["read"] += t1 - t0
+            self.timings["canvas_paste"] += t2 - t1
+            self.timings["write"] += time.perf_counter() - t2
+            self.count += part.shape[0]
+
+    def _side_by_side(self, source: torch.Tensor, frames: torch.Tensor, gap: int = 4) -> torch.Tensor:
+        """Source on the canvas | result, each half shrunk (antialiased) so the pair fits ``SIDE_BY_SIDE_MAX``."""
+        from motia.geometry import place_on_canvas, scale_canvas
+        from motia.video import side_by_side
+
+        h, w = self.out.height, self.out.width
+        scale = min(1.0, SIDE_BY_SIDE_MAX[0] / h, (SIDE_BY_SIDE_MAX[1] - gap) / (2 * w))
+        if scale == 1.0:
+            return side_by_side(place_on_canvas(source, self.out, 0.0), frames, gap)
+        small = scale_canvas(self.out, max(2, 2 * int(h * scale / 2)), max(2, 2 * int(w * scale / 2)))
+        left = place_on_canvas(_shrink(source, small.src_h, small.src_w), small, 0.0)
+        return side_by_side(left, _shrink(frames, small.height, small.width), gap)
+
+    def close(self) -> dict[str, str]:
+        """Finish every file; return their paths by kind (mp4, gif, frames, side_by_side)."""
+        try:
+            for kind, writer in self.writers.items():
+                t0 = time.perf_counter()
+                self.outputs[kind] = str(writer.close())
+                self.timings["write"] += time.perf_counter() - t0
+        except BaseException:
+            self.abort()
+            raise
+        finally:
+            if self.native is not None:
+                self.native.close()
+        return self.outputs
+
+    def abort(self) -> None:
+        """Remove whatever is half-written (files already completed by ``close`` stay)."""
+        for writer in self.writers.values():
+            writer.abort()
+        if self.native is not None:
+            self.native.close()
+
+    def __enter__(self) -> "OutputWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def _frame_canvas(h: int, w: int):
+    from motia.geometry import Canvas
+
+    return Canvas(src_h=h, src_w=w, height=h, width=w, top=0, left=0)
+
+
+def _shrink(frames: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(F, 3, H, W) -> (F, 3, h, w), antialiased bilinear (a preview's resize), clamped to [0, 1]."""
+    return F.interpolate(frames, size=(h, w), mode="bilinear", antialias=True, align_corners=False).clamp_(0.0, 1.0)
