@@ -211,11 +211,11 @@ def test_info_prints_both_canvases_and_warns_on_upsampling(clip540, tmp_path):
     from motia.video import write_frames
 
     info = yaml.safe_load(describe(make_cfg(clip540, "outpaint.aspect=16:9")))
-    assert info["canvas_model"].startswith("104 x 64 (W x H")
-    assert info["canvas_output"].startswith("1708 x 960 (W x H, native")
+    assert info["canvas_model"].startswith("104x64 (W x H), video.size")
+    assert info["canvas_output"].startswith("1708x960 (W x H), native")
     assert "warnings" not in info
     info = yaml.safe_load(describe(make_cfg(clip540, "outpaint.aspect=16:9", "output.resolution=model")))
-    assert info["canvas_output"].startswith("104 x 64 (W x H, the model's")
+    assert info["canvas_output"].startswith("104x64 (W x H), the model's")
     tiny = write_frames(tmp_path / "tiny", portrait(2, 20, 36))
     info = yaml.safe_load(describe(make_cfg(tiny, "outpaint.aspect=16:9", "video.size=64")))
     assert "3.2x the source's size" in info["warnings"][0]
