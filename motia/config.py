@@ -144,10 +144,15 @@ class OutpaintConfig(_Section):
     target_size: list[int] | None = None  # [height, width]
     aspect: str | float | None = None  # "9:16", "16/9", or a number width/height
     multiple: int = Field(8, ge=8)
-    # Fill new-region pixels that other frames show (motia.propagate). Not consumed by the
-    # pipeline yet: the integration decides what "auto" does and the default.
-    propagate: Literal["off", "on", "auto"] = "off"
+    # Take new-region pixels that other frames show instead of generating them (motia.known):
+    # auto = where OpenCV is installed and the camera motion can reveal any; off = the paper's method.
+    propagate: Literal["off", "on", "auto"] = "auto"
     propagation: PropagationSection = PropagationSection()
+
+    @field_validator("propagate", mode="before")
+    @classmethod
+    def _on_off_are_words(cls, v):
+        return {False: "off", True: "on"}.get(v, v) if isinstance(v, bool) else v  # YAML 1.1 reads on/off as booleans
 
     @field_validator("target_size")
     @classmethod

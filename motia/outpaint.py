@@ -12,9 +12,15 @@ temporal window from the source frames when that window runs, the ControlNet and
 UNet see one window at a time, and the VAE encodes/decodes chunks of frames, so
 device memory depends on the window and the chunk, not on the clip length.
 
+Propagation (``outpaint.propagate``, ``motia.known``): pixels of the new region that
+other frames show count as known, per frame: the control frames show them, the known
+latents cover the latent cells they complete (a per-frame mask), and the paste puts them
+back. When no pixel is propagated everything runs as without it.
+
 Conventions: frames (F, 3, H, W) float in [0, 1] on the CPU; latents
 (B, 4, F, h, w) float32, B = 1; the known-latent mask is 1 where every pixel of a
-latent cell is source (``geometry.latent_known_mask``).
+latent cell is known: source (``geometry.latent_known_mask``, (h, w)) or, with
+propagated pixels, source or propagated (``encode_known_frames``, (1, 1, F, h, w)).
 """
 
 from __future__ import annotations
@@ -23,7 +29,9 @@ import contextlib
 import logging
 import os
 import shutil
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -48,10 +56,11 @@ class OutpaintResult:
     frames: torch.Tensor | None  # (F, 3, H, W) float32 CPU in [0, 1]
     latents: torch.Tensor  # (1, 4, F, h, w) float32 CPU, the clean sampled latents
     canvas: object  # motia.geometry.Canvas
-    timings: dict[str, float] = field(default_factory=dict)  # seconds: encode, sample, decode, total
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: propagate, encode, sample, decode, total
     work: dict = field(default_factory=dict)  # job.work_estimate: frames, windows, UNet calls, ...
     peak_memory: dict[str, int] = field(default_factory=dict)  # bytes: after sampling, at the end
     prompt: str = ""
+    propagation: object | None = None  # motia.known.ClipPropagation (None only when built by hand)
 
 
 # ----------------------------------------------------------------------------- small pieces
@@ -106,6 +115,37 @@ def encode_known(vae, source: torch.Tensor, canvas, chunk: int) -> torch.Tensor:
         z = encode_frames(vae, pad_to_grid(source[i : i + chunk], canvas, scale), chunk)  # (n, 4, gh, gw)
         out[i : i + z.shape[0], :, top:bottom, left:right] = z
     return out
+
+
+def encode_known_frames(vae, source: torch.Tensor, canvas, chunk: int, prop) -> tuple[torch.Tensor, torch.Tensor]:
+    """Known latents (F, 4, h, w) and their per-frame mask (1, 1, F, h, w), propagated pixels counted as known.
+
+    The source's own cells (``latent_known_mask``) keep the latents of the source encoded
+    alone (``encode_known``), as without propagation. A frame with propagated pixels
+    (``prop``, a ``motia.known.ClipPropagation``) is also encoded whole: source and
+    propagated pixels, every other pixel filled from its nearest known one
+    (``known.fill_unknown``, the edge extension the source alone gets); its cells whose
+    pixels are all known, source or propagated, take those latents and join the mask.
+    Partly known cells stay generated (the paste restores their known pixels).
+    """
+    from motia.geometry import downsample_mask, latent_known_mask
+    from motia.known import fill_unknown
+
+    scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    h, w = canvas.latent_size(scale)
+    latents = encode_known(vae, source, canvas, chunk)  # (F, 4, h, w)
+    box_cells = latent_known_mask(canvas, scale)  # (h, w), 1 = all source
+    mask = box_cells.expand(source.shape[0], h, w).clone()  # (F, h, w)
+    todo = [t for t in range(source.shape[0]) if prop.frame_filled(t)]
+    for i in range(0, len(todo), chunk):
+        idx = todo[i : i + chunk]
+        known = prop.known(idx)  # (n, 1, H, W)
+        pixels = fill_unknown(prop.image(source[idx], idx), known)  # (n, 3, H, W)
+        z = encode_frames(vae, pixels, chunk)  # (n, 4, h, w)
+        cells = downsample_mask(known[:, 0], h, w) * (1 - box_cells)  # (n, h, w): all known, not the source's own
+        latents[idx] = torch.where(cells[:, None] > 0, z, latents[idx])
+        mask[idx] = torch.maximum(mask[idx], cells)
+    return latents, mask[None, None]  # (F, 4, h, w), (1, 1, F, h, w)
 
 
 @torch.no_grad()
@@ -273,6 +313,9 @@ def _attach_lora(cfg: JobConfig, components, canvas, lora_path, stack: contextli
     for m in unet.modules():
         if isinstance(m, LoraLayer):
             m.set_scale(ADAPTER_NAME, cfg.sample.lora_scale)
+    # Distance from the source box, also with propagated pixels: the LoRA learnt the source, one
+    # map serves every frame of a window (motion-module rows mix frames), and a per-frame known
+    # region would make the strength flicker; fully propagated cells are overwritten anyway.
     scale_map = insertion_map(canvas, cfg.sample.insertion.k)  # (H, W), 1 on the known box
     stack.enter_context(spatial_lora_scale(unet, scale_map, ADAPTER_NAME))
     return meta
@@ -293,6 +336,7 @@ def outpaint(
     callback: Callable[[dict], None] | None = None,
     observe: Callable[[dict], None] | None = None,
     paste: bool | None = None,
+    propagation=None,
 ) -> OutpaintResult:
     """Outpaint ``clip`` (a motia.video.Clip) onto the canvas the config plans, with an optional adapted LoRA.
 
@@ -308,10 +352,13 @@ def outpaint(
     time spent in it is ``timings["output"]``, not ``"decode"``. ``callback({"step", "total"})``
     observes every denoising move (regret repeats count; ``total`` is all of them).
     ``observe`` sees every sampler move (``motia.sampler.sample``'s ``observe``: levels, eps, latents).
+    ``propagation`` (a ``motia.known.ClipPropagation`` for this clip and canvas) is the
+    pixel propagation already computed; by default it is computed here (``outpaint.propagate``).
     """
     from motia.geometry import feather_pixels, known_mask, latent_known_mask, paste_known, place_on_canvas
     from motia.geometry import control_video as make_control
     from motia.job import plan, work_estimate
+    from motia.known import propagate_clip
     from motia.rau import active_at
     from motia.sampler import sample
     from motia.utils import peak_memory_bytes
@@ -331,16 +378,36 @@ def outpaint(
     if generator is None:
         generator = torch.Generator("cpu").manual_seed(cfg.seed)
     prompt = resolve_prompt(cfg, clip)
+    show = progress and _is_main_process()
+
+    # --- pixels other frames show (nothing when off or when no pixel can be propagated)
+    t_prop = time.perf_counter()
+    prop = propagation
+    if prop is None:
+        prop = propagate_clip(cfg, source, canvas, progress=show)
+    elif prop.canvas != canvas or prop.num_frames != num_frames:
+        raise ValueError(f"propagation is for {prop.num_frames} frames on {prop.canvas}, this run has "
+                         f"{num_frames} on {canvas}")
+    t_prop = time.perf_counter() - t_prop
+    filled = prop.filled
+    if filled:
+        log.info("propagation: %s", prop.note)
 
     # --- conditions: text once, known latents chunk by chunk, control frames per window (lazily)
     text = encode_prompt(components, prompt, s.negative_prompt)
     chunk = s.decode_chunk
-    known_latents = encode_known(components.vae, source, canvas, chunk)  # (F, 4, h, w)
+    if filled:  # per frame: source + propagated pixels
+        known_latents, latent_mask = encode_known_frames(components.vae, source, canvas, chunk, prop)
+        latent_mask = latent_mask.to(device)  # (1, 1, F, h, w), 1 = known
+    else:
+        known_latents = encode_known(components.vae, source, canvas, chunk)  # (F, 4, h, w)
+        latent_mask = latent_known_mask(canvas, vae_scale, device=device)  # (h, w), 1 = known
     known_latents = known_latents.permute(1, 0, 2, 3).unsqueeze(0).to(device)  # (1, 4, F, h, w)
-    latent_mask = latent_known_mask(canvas, vae_scale, device=device)  # (h, w), 1 = known
     pixel_known = known_mask(canvas)  # (H, W)
 
     def control(start: int, end: int) -> torch.Tensor:  # (f, 3, H, W), generated pixels = -1
+        if filled:
+            return prop.control(source[start:end], range(start, end))
         return make_control(place_on_canvas(source[start:end], canvas, 0.0), pixel_known)
 
     # --- schedule and initial noise (a private scheduler copy: the shared one keeps its state)
@@ -359,7 +426,6 @@ def outpaint(
         min(s.window.frames, num_frames), s.window.stride, s.steps,
         f" + {regret_moves} noise-regret re-runs" if regret_moves else "", calls, work["guided_calls"],
     )
-    show = progress and _is_main_process()
     with contextlib.ExitStack() as stack:
         if lora_path is not None:
             _attach_lora(cfg, components, canvas, lora_path, stack)
@@ -414,7 +480,11 @@ def outpaint(
     t_sink = 0.0
     for pixels in decode_latents(components.vae, latents, chunk):  # (n, 3, H, W)
         end = start + pixels.shape[0]
-        if paste:
+        if paste and filled:
+            frames_here = range(start, end)
+            pixels = paste_known(pixels, source[start:end], canvas, feather, known=prop.known(frames_here),
+                                 known_image=prop.image(source[start:end], frames_here))
+        elif paste:
             pixels = paste_known(pixels, source[start:end], canvas, feather)
         if sink is not None:
             t0 = time.perf_counter()
@@ -425,7 +495,7 @@ def outpaint(
         start = end
     frames = torch.cat(kept) if kept else None  # (F, 3, H, W)
     t_end = time.perf_counter()
-    timings = {"encode": t_encoded - t_start, "sample": t_sampled - t_encoded,
+    timings = {"propagate": t_prop, "encode": t_encoded - t_start - t_prop, "sample": t_sampled - t_encoded,
                "decode": t_end - t_sampled - t_sink, "total": t_end - t_start}
     if sink is not None:
         timings["output"] = t_sink
@@ -437,6 +507,7 @@ def outpaint(
         work=work,
         peak_memory={"sampling": peak_sampling, "total": peak_memory_bytes(device)},
         prompt=prompt,
+        propagation=prop,
     )
 
 
@@ -457,14 +528,15 @@ def write_outputs(cfg: JobConfig, clip, result: OutpaintResult, run_dir: Path) -
 
     The same path as a streamed run (``motia.output.OutputWriter``): the frames are
     put on the output canvas (``output.resolution``, ``output.height``/``width``) and
-    the source pasted back there; each file is written atomically.
+    the source (and the propagated pixels, ``result.propagation``) pasted back there; each
+    file is written atomically.
     """
     from motia.job import native_size, plan_output
     from motia.output import OutputWriter
 
     native = native_size(clip)
     out_canvas = plan_output(cfg, result.canvas, *native)
-    with OutputWriter(cfg, clip, result.canvas, out_canvas, run_dir, native) as writer:
+    with OutputWriter(cfg, clip, result.canvas, out_canvas, run_dir, native, propagation=result.propagation) as writer:
         step = cfg.sample.decode_chunk
         for i in range(0, result.frames.shape[0], step):
             writer(result.frames[i : i + step])
@@ -537,9 +609,12 @@ def outpaint_from_config(
     the source's audio for the frames used), optional outpaint.gif and frames/, then
     config.yaml and summary.json. ``models`` (a ``motia.job.ModelCache``) reuses models
     already loaded in this process; ``callback`` observes the sampling steps (see ``outpaint``).
+    Pixel propagation (``outpaint.propagate``) runs on the CPU in a thread while the models
+    load; the summary's ``propagation`` records its motion, coverage and time.
     """
     from motia.config import dump_config
     from motia.job import load_clip, native_size, plan, plan_output, upsampling_warning
+    from motia.known import check_propagation, propagate_clip
     from motia.lora import read_lora_metadata
     from motia.models import load_components
     from motia.output import OutputWriter
@@ -562,11 +637,23 @@ def outpaint_from_config(
     replaced = check_outpaint_folder(run_dir, cfg, lora, overwrite)
     if meta is not None:
         check_adapter_fits(meta, cfg, clip, lora)
-    if models is None:
-        components = load_components(cfg.models, progress=progress)
-    else:
-        components = models.get(cfg.models, progress=progress)
-    t_loaded = time.perf_counter()
+    check_propagation(cfg)
+    # Propagation needs no model: it runs (numpy and OpenCV, which release the GIL) while the
+    # models load. If loading fails, it is told to stop at its next frame.
+    cancel = threading.Event()
+    with ThreadPoolExecutor(1, thread_name_prefix="motia-propagate") as pool:
+        pending = pool.submit(propagate_clip, cfg, clip.frames, canvas, cancel=cancel)
+        try:
+            if models is None:
+                components = load_components(cfg.models, progress=progress)
+            else:
+                components = models.get(cfg.models, progress=progress)
+        except BaseException:
+            cancel.set()
+            raise
+        t_loaded = time.perf_counter()
+        propagation = pending.result()
+    t_propagated = time.perf_counter()
     # --overwrite of another config's run: none of its files may stay beside ours. Removed
     # before any new output exists, so nothing this run writes can be taken for the old one's.
     for path in replaced:
@@ -576,9 +663,9 @@ def outpaint_from_config(
             path.unlink(missing_ok=True)
     generator = torch.Generator("cpu").manual_seed(cfg.seed)
     # The outputs are written as the frames are decoded, pasted at the output scale.
-    with OutputWriter(cfg, clip, canvas, out_canvas, run_dir, native) as writer:
+    with OutputWriter(cfg, clip, canvas, out_canvas, run_dir, native, propagation=propagation) as writer:
         result = outpaint(cfg, components, clip, lora_path=lora, generator=generator, progress=progress,
-                          sink=writer, paste=False, callback=callback)
+                          sink=writer, paste=False, callback=callback, propagation=propagation)
     outputs = dict(writer.outputs)
     outputs["config"] = str(dump_config(cfg, run_dir / "config.yaml"))
     outputs["summary"] = str(run_dir / SUMMARY_FILE)
@@ -605,6 +692,9 @@ def outpaint_from_config(
         "seed": cfg.seed,
         "lora": str(Path(lora).resolve()) if lora is not None else None,
         "models": components.sources,
+        # wait_s: how long sampling waited for the propagation after the models had loaded
+        "propagation": {**propagation.summary(), "coverage_output": writer.propagation_coverage,
+                        "wait_s": round(t_propagated - t_loaded, 3)},
         "outputs": outputs,
     }
     _write_json(run_dir / SUMMARY_FILE, summary)

@@ -9,14 +9,23 @@ configured writer (the mp4 with the source's audio, the side-by-side mp4 with it
 too, PNG frames) before the next chunk is decoded. Neither the source at native
 size nor the outpainted clip is ever held whole, so memory depends on the chunk,
 not on the clip length. The GIF is the exception: Pillow writes a GIF at once.
+
+With pixel propagation (``motia.known``) the paste also puts back the pixels other
+frames show, propagated again at the output scale (``known.OutputPropagation``), frame
+by frame. Those reads reach ``outpaint.propagation.radius`` frames either side, so the
+output-scale source frames are then decoded once into a ``SourceRing`` of at most
+2 x radius + 1 frames (in memory when small, else in an unlinked file beside the
+outputs), which the paste reads too: memory still does not grow with the clip.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import tempfile
 import time
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -34,6 +43,60 @@ SIDE_BY_SIDE_MAX = (2160, 3840)  # (H, W)
 # Output-scale frames handled at once: bounds every float copy (a 3414x1920 frame is 79 MB).
 _STEP_BYTES = 64 << 20
 PREVIEW_PRESET = "veryfast"  # the side-by-side's x264 preset, unless output.preset is faster still
+# A SourceRing up to this size stays in memory; a larger one is memory-mapped from a file.
+_RING_RAM_BYTES = 256 << 20
+
+
+class SourceRing:
+    """Source frames at the output scale by index, each decoded once, in order, into a ring of ``capacity`` frames.
+
+    ``frames`` yields the clip's frames in order (uint8 (H, W, 3), at the source's own
+    size); ``convert`` takes one to the output scale (uint8 (h, w, 3)). Frame i can be read
+    while it is among the last ``capacity`` decoded; reading ahead decodes up to it. Rings
+    above ``_RING_RAM_BYTES`` live in an unlinked temporary file in ``folder`` (nothing is
+    left behind, even on a crash) and are memory-mapped, so the page cache, not the
+    process, holds them.
+    """
+
+    def __init__(self, frames: Iterator[np.ndarray], num_frames: int, capacity: int, folder: str | Path,
+                 convert: Callable[[np.ndarray], np.ndarray] = lambda f: f, source: str = "the source"):
+        self.frames, self.num_frames, self.convert = frames, num_frames, convert
+        self.capacity, self.folder, self.source = max(1, min(capacity, num_frames)), Path(folder), source
+        self.decoded = 0
+        self._ring: np.ndarray | None = None
+        self._file = None
+
+    def _store(self, frame: np.ndarray) -> None:
+        if self._ring is None:
+            shape = (self.capacity, *frame.shape)
+            if np.prod(shape) <= _RING_RAM_BYTES:
+                self._ring = np.empty(shape, dtype=np.uint8)
+            else:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                self._file = tempfile.TemporaryFile(prefix=".source-ring.", dir=self.folder)
+                self._ring = np.memmap(self._file, dtype=np.uint8, mode="w+", shape=shape)
+        self._ring[self.decoded % self.capacity] = frame
+
+    def __call__(self, i: int) -> np.ndarray:
+        if not 0 <= i < self.num_frames:
+            raise IndexError(f"frame {i} is outside the clip's {self.num_frames} frames")
+        while self.decoded <= i:
+            frame = next(self.frames, None)
+            if frame is None:
+                raise InputError(f"{self.source}: ran out of frames at {self.decoded} while writing; "
+                                 "check that the file is complete")
+            self._store(self.convert(frame))
+            self.decoded += 1
+        if i < self.decoded - self.capacity:
+            raise RuntimeError(f"frame {i} already left the ring (frames {self.decoded - self.capacity}.."
+                               f"{self.decoded - 1} held)")
+        return np.asarray(self._ring[i % self.capacity])
+
+    def close(self) -> None:
+        self._ring = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 class OutputWriter:
@@ -42,13 +105,16 @@ class OutputWriter:
     ``canvas`` is the model's canvas (what the chunks are on), ``out_canvas`` the
     written one (``motia.job.plan_output``), ``native_size`` the source's own (H, W).
     ``paste`` (default ``cfg.output.paste``) pastes the source back at the output scale;
-    chunks must then be the raw decoded frames. Files appear complete at ``close()``
+    chunks must then be the raw decoded frames. ``propagation`` (a
+    ``motia.known.ClipPropagation`` that filled pixels) adds the propagated pixels to the
+    paste, propagated again at the output scale (``propagation_coverage`` then holds the
+    coverage there). Files appear complete at ``close()``
     or not at all (``abort()``; a context manager does either). ``timings`` holds the
-    seconds spent reading the source, on the canvas and paste, and writing.
+    seconds spent reading the source, propagating, on the canvas and paste, and writing.
     """
 
     def __init__(self, cfg: JobConfig, clip, canvas, out_canvas, run_dir: str | Path,
-                 native_size: tuple[int, int], paste: bool | None = None):
+                 native_size: tuple[int, int], paste: bool | None = None, propagation=None):
         from motia.geometry import feather_pixels
         from motia.video import FrameWriter, GifWriter, VideoWriter, iter_frames
 
@@ -57,7 +123,7 @@ class OutputWriter:
         self.paste = o.paste if paste is None else paste
         self.feather = feather_pixels(o.feather, out_canvas)
         self.count = 0
-        self.timings = {"read": 0.0, "canvas_paste": 0.0, "write": 0.0}
+        self.timings = {"read": 0.0, "propagate": 0.0, "canvas_paste": 0.0, "write": 0.0}
         self.outputs: dict[str, str] = {}
         run_dir = Path(run_dir)
         fps = o.fps or clip.fps
@@ -89,11 +155,45 @@ class OutputWriter:
         if not self.from_clip:
             self.native = iter_frames(clip.source, clip.frame_indices, backend=clip.backend or "auto")
         self.source_canvas = None if model else _frame_canvas(*native_size)
+        # Propagated pixels: the model's own at its scale; else propagated again here, reading
+        # source frames around each one (the decoded ones through a ring, each decoded once).
+        self.prop = propagation if self.paste and propagation is not None and propagation.filled else None
+        self.out_prop = self.ring = None
+        if self.prop is not None and not model:
+            from motia.known import OutputPropagation
+            from motia.propagate import FrameCache
+
+            if self.from_clip:
+                reader = FrameCache(lambda i: to_uint8(self._scaled(self.clip.frames[i : i + 1]))[0])
+            else:
+                reader = self.ring = SourceRing(self.native, clip.num_frames, 2 * self.prop.params.radius + 1, run_dir,
+                                                self._scaled_u8, source=str(clip.source))
+            self.out_prop = OutputPropagation(self.prop, out_canvas, reader)
+
+    @property
+    def propagation_coverage(self) -> dict | None:
+        """Coverage at the output scale (``CoverageStats.to_dict()``), the model's when that is the output scale."""
+        if self.out_prop is not None:
+            return self.out_prop.stats.to_dict()
+        return self.prop.coverage if self.prop is not None else None
+
+    def _scaled_u8(self, frame: np.ndarray) -> np.ndarray:
+        """One native uint8 (H, W, 3) frame at the output canvas's source size."""
+        if frame.shape[:2] == (self.out.src_h, self.out.src_w):
+            return frame
+        return to_uint8(self._scaled(torch.from_numpy(frame).permute(2, 0, 1)[None].float().div_(255.0)))[0]
+
+    def _scaled(self, frames: torch.Tensor) -> torch.Tensor:
+        """Source frames (n, 3, H, W) at the native size -> the output canvas's source size (a delivery size)."""
+        from motia.geometry import Canvas, resample_canvas
+
+        if self.source_canvas is not None and tuple(frames.shape[-2:]) != (self.out.src_h, self.out.src_w):
+            frames = resample_canvas(frames, self.source_canvas, Canvas(self.out.src_h, self.out.src_w,
+                                                                        self.out.src_h, self.out.src_w, 0, 0))
+        return frames
 
     def _source(self, n: int) -> torch.Tensor:
         """The next ``n`` source frames, (n, 3, src_h, src_w) float in [0, 1] at the output scale."""
-        from motia.geometry import Canvas, resample_canvas
-
         if self.from_clip:
             frames = self.clip.frames[self.count : self.count + n]  # (n, 3, h, w)
         else:
@@ -103,11 +203,48 @@ class OutputWriter:
                                  "check that the file is complete")
             raw = np.stack(got)  # (n, H, W, 3) uint8
             frames = torch.from_numpy(raw).permute(0, 3, 1, 2).float().div_(255.0)  # (n, 3, H, W)
-        if self.source_canvas is not None and tuple(frames.shape[-2:]) != (self.out.src_h, self.out.src_w):
-            # A delivery size: the source scaled once from native, like the generated pixels.
-            frames = resample_canvas(frames, self.source_canvas, Canvas(self.out.src_h, self.out.src_w,
-                                                                        self.out.src_h, self.out.src_w, 0, 0))
-        return frames
+        # A delivery size: the source scaled once from native, like the generated pixels.
+        return self._scaled(frames)
+
+    def _source_and_propagated(self, n: int) -> tuple[torch.Tensor, list, float]:
+        """The next ``n`` source frames (as ``_source``), each frame's output-scale propagation, and its seconds.
+
+        Frame i is copied out of the ring before frame i's propagation decodes up to
+        i + radius: the ring (2 radius + 1 frames) then still holds all frame i reads.
+        """
+        frames, got, spent = [], [], 0.0
+        for i in range(self.count, self.count + n):
+            frames.append(torch.from_numpy(self.ring(i).copy()).permute(2, 0, 1))  # (3, h, w) uint8
+            t0 = time.perf_counter()
+            got.append(self.out_prop.frame(i))
+            spent += time.perf_counter() - t0
+        return torch.stack(frames).float().div_(255.0), got, spent
+
+    def _known(self, source: torch.Tensor, got: list | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The paste's (known (m, 1, H, W), known image (m, 3, H, W)) for the next frames, or None (the box alone).
+
+        ``got`` holds the frames' output-scale propagation (``OutputPropagation.frame``);
+        None: the model's own propagation is at this scale, or it is computed here.
+        """
+        frames = range(self.count, self.count + source.shape[0])
+        if self.out_prop is None:
+            if not any(self.prop.frame_filled(t) for t in frames):
+                return None
+            return self.prop.known(frames), self.prop.image(source, frames)
+        if got is None:
+            got = [self.out_prop.frame(t) for t in frames]
+        if all(g is None for g in got):
+            return None
+        o = self.out
+        known = torch.zeros(len(got), 1, o.height, o.width, dtype=torch.bool)
+        image = torch.zeros(len(got), 3, o.height, o.width)
+        for j, g in enumerate(got):
+            if g is None:  # the box alone (the paste fills it from the source)
+                top, left, bottom, right = o.box
+                known[j, :, top:bottom, left:right] = True
+            else:
+                known[j], image[j] = g
+        return known, image
 
     def __call__(self, chunk: torch.Tensor) -> None:
         """Write a chunk of decoded frames (n, 3, H, W) on the model's canvas."""
@@ -117,16 +254,26 @@ class OutputWriter:
         for i in range(0, chunk.shape[0], step):
             part = chunk[i : i + step]
             t0 = time.perf_counter()
-            source = self._source(part.shape[0])  # (m, 3, src_h, src_w) at the output scale
+            if self.ring is None:
+                source = self._source(part.shape[0])  # (m, 3, src_h, src_w) at the output scale
+                got, t_prop = None, 0.0
+            else:  # frame by frame: a frame is read before its propagation moves the ring on
+                source, got, t_prop = self._source_and_propagated(part.shape[0])
+            ta = time.perf_counter()
+            known = self._known(source, got) if self.prop is not None else None
             t1 = time.perf_counter()
+            t_prop += t1 - ta
             frames = resample_canvas(part, self.canvas, self.out)  # (m, 3, H, W)
-            if self.paste:
+            if known is not None:
+                frames = paste_known(frames, source, self.out, self.feather, known=known[0], known_image=known[1])
+            elif self.paste:
                 frames = paste_known(frames, source, self.out, self.feather)
             t2 = time.perf_counter()
             pixels = to_uint8(frames)  # (m, H, W, 3), converted once for every writer
             for kind, writer in self.writers.items():
                 writer.write(to_uint8(self._side_by_side(source, frames)) if kind == "side_by_side" else pixels)
-            self.timings["read"] += t1 - t0
+            self.timings["read"] += t1 - t0 - t_prop
+            self.timings["propagate"] += t_prop
             self.timings["canvas_paste"] += t2 - t1
             self.timings["write"] += time.perf_counter() - t2
             self.count += part.shape[0]
@@ -155,16 +302,20 @@ class OutputWriter:
             self.abort()
             raise
         finally:
-            if self.native is not None:
-                self.native.close()
+            self._close_sources()
         return self.outputs
+
+    def _close_sources(self) -> None:
+        if self.native is not None:
+            self.native.close()
+        if self.ring is not None:
+            self.ring.close()
 
     def abort(self) -> None:
         """Remove whatever is half-written (files already completed by ``close`` stay)."""
         for writer in self.writers.values():
             writer.abort()
-        if self.native is not None:
-            self.native.close()
+        self._close_sources()
 
     def __enter__(self) -> "OutputWriter":
         return self

@@ -711,6 +711,43 @@ def propagate_frame(
     return Propagated(index=t, image=image, mask=mask, confidence=confidence, origin=origin)
 
 
+def reachable(motion: CameraMotion, canvas: Canvas, params: PropagationParams = PropagationParams()) -> np.ndarray:
+    """(F,) bool: frames whose new region some other frame's shrunk source box reaches (at ``canvas``'s scale).
+
+    A cheap geometric bound, no pixels read: where it is False, ``propagate_frame`` fills
+    nothing (no candidate lands there); where True it may still fill nothing (the agreement
+    test, too few candidates). A still camera reaches nothing: every other frame's box maps
+    onto the frame's own box, inside by the margin.
+    """
+    out = np.zeros(motion.num_frames, dtype=bool)
+    rects = [(r.start, r.stop, c.start, c.stop) for r, c in side_regions(canvas).values()
+             if r.stop > r.start and c.stop > c.start]
+    src_h, src_w = canvas.src_h, canvas.src_w
+    m = params.margin * max(src_h, src_w)
+    lo_u, hi_u, lo_v, hi_v = m, src_w - 1 - m, m, src_h - 1 - m
+    if not rects or motion.num_frames < 2 or hi_u < lo_u or hi_v < lo_v:
+        return out
+    shrunk = np.array([[lo_u, lo_v, 1], [hi_u, lo_v, 1], [hi_u, hi_v, 1], [lo_u, hi_v, 1]], dtype=np.float64)
+    top, left = canvas.top, canvas.left
+    for t in range(motion.num_frames):
+        cands = np.fromiter(_candidate_order(t, motion.num_frames, params.radius), dtype=np.int64)
+        cands = cands[motion.segments[cands] == motion.segments[t]]
+        if not len(cands):
+            continue
+        q = shrunk @ motion.maps(t, cands, (src_w, src_h)).transpose(0, 2, 1)  # (n, 4, 3) on frame t
+        bounded = np.all(q[..., 2] > 0, axis=1)  # a box crossing the horizon may land anywhere
+        with np.errstate(divide="ignore", invalid="ignore"):
+            xy = np.nan_to_num(q[..., :2] / q[..., 2:3]) + (left, top)
+        x0, y0 = xy.min(axis=1).T
+        x1, y1 = xy.max(axis=1).T
+        for r0, r1, c0, c1 in rects:  # pixel centres c0 .. c1 - 1, r0 .. r1 - 1
+            hit = ~bounded | ((x1 >= c0) & (x0 <= c1 - 1) & (y1 >= r0) & (y0 <= r1 - 1))
+            if hit.any():
+                out[t] = True
+                break
+    return out
+
+
 def propagate(
     read_frame: ReadFrame,
     motion: CameraMotion,
