@@ -203,6 +203,9 @@ def describe(cfg: JobConfig) -> str:
     if warning:
         out["warnings"] = [warning]
     out["speedups"] = describe_speedups(cfg, canvas)
+    from .known import describe_propagation
+
+    out["propagation"] = describe_propagation(cfg, clip.frames, canvas)
     out["work"] = work_estimate(cfg, f, canvas)
     out["schedule"] = schedule_info(cfg)
     return yaml.safe_dump(out, sort_keys=False, width=1000)
@@ -227,8 +230,12 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def _legend(width: int, k: float, lowest: float):
-    """A strip explaining the preview's colours: the known box, and the tint scale of the insertion map."""
+PROPAGATED_RGB = (0.0, 1.0, 1.0)  # the preview's wash over pixels other frames show (cyan)
+PROPAGATED_WASH = 0.3  # how much of it
+
+
+def _legend(width: int, k: float, lowest: float, propagated: str | None = None):
+    """A strip explaining the preview's colours: the known box, the propagated pixels, the tint scale of the insertion map."""
     import numpy as np
     import torch
     from PIL import Image, ImageDraw
@@ -237,6 +244,8 @@ def _legend(width: int, k: float, lowest: float):
         "green box: the source, kept as it is; outside: generated",
         f"tint: LoRA strength exp(-K d/D), K={k:g}: red 1.0 to blue 0 (lowest here {lowest:.2f})",
     ]
+    if propagated:
+        lines.insert(1, propagated)
     size = 14
     font = _font(size)
     draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
@@ -281,9 +290,28 @@ def upsampling_warning(cfg: JobConfig, model_h: int, native_h: int) -> str | Non
             "upsampled input gives soft results: use a larger source or a smaller video.size")
 
 
-def preview(cfg: JobConfig, out: str | None = None) -> Path:
-    """`motia preview`: a PNG of the source on the canvas, the known box and the insertion-map tint, with a legend.
+def _propagated_middle(cfg: JobConfig, frames, canvas, t: int):
+    """Frame t's propagated pixels on the canvas (``motia.propagate.Propagated``), or None when nothing runs."""
+    from .known import frame_reader, skip_reason
 
+    if skip_reason(cfg, canvas, int(frames.shape[0])) is not None:
+        return None
+    from .propagate import estimate_motion, params_from_config, propagate_frame, reachable
+
+    motion_params, params = params_from_config(cfg.outpaint.propagation)
+    read = frame_reader(frames)
+    motion = estimate_motion(read, int(frames.shape[0]), motion_params)
+    reach = reachable(motion, canvas, params)
+    if not reach[t]:
+        return None
+    return propagate_frame(t, read, motion, canvas, params)
+
+
+def preview(cfg: JobConfig, out: str | None = None) -> Path:
+    """`motia preview`: a PNG of the canvas: source, known box, propagated pixels, insertion-map tint, and a legend.
+
+    With ``outpaint.propagate`` on (or auto, and the camera moves), the middle frame's pixels
+    that other frames show are drawn as they will be kept, under a light cyan wash.
     Canvases smaller than ``PREVIEW_MIN_SIDE`` on their long side are scaled up by a
     whole factor, nearest neighbour, so every canvas pixel stays one sharp block.
     """
@@ -297,7 +325,8 @@ def preview(cfg: JobConfig, out: str | None = None) -> Path:
     from .utils import atomic_path
 
     clip = load_clip(cfg)
-    frame = clip.frames[len(clip.frames) // 2 : len(clip.frames) // 2 + 1]
+    mid = len(clip.frames) // 2
+    frame = clip.frames[mid : mid + 1]
     canvas = plan(cfg, frame.shape[-2], frame.shape[-1])
     img = place_on_canvas(frame, canvas, fill=0.0)[0]  # (3, H, W)
     heat = insertion_map(canvas, cfg.sample.insertion.k)  # (H, W), 1 on the known box
@@ -305,13 +334,24 @@ def preview(cfg: JobConfig, out: str | None = None) -> Path:
     known = torch.zeros_like(heat, dtype=torch.bool)
     known[top:bottom, left:right] = True
     blended = torch.where(known, img, 0.35 * img + 0.65 * _overlay_color(heat))
+    prop = _propagated_middle(cfg, clip.frames, canvas, mid)
+    note = None
+    if prop is not None:
+        from .propagate import frame_coverage
+
+        mask = torch.from_numpy(prop.mask)  # (H, W) propagated pixels
+        seen = torch.from_numpy(prop.image).permute(2, 0, 1).float() / 255.0  # (3, H, W) from uint8
+        wash = torch.tensor(PROPAGATED_RGB).view(3, 1, 1)
+        blended = torch.where(mask, (1 - PROPAGATED_WASH) * seen + PROPAGATED_WASH * wash, blended)
+        note = (f"cyan wash: pixels other frames show, kept like the source "
+                f"({frame_coverage(prop.mask, canvas)['all']:.0%} of the new region in this frame)")
     arr = (blended.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     scale = max(1, math.ceil(PREVIEW_MIN_SIDE / max(canvas.height, canvas.width)))
     pic = Image.fromarray(arr).resize((canvas.width * scale, canvas.height * scale), Image.Resampling.NEAREST)
     ImageDraw.Draw(pic).rectangle([left * scale, top * scale, right * scale - 1, bottom * scale - 1],
                                   outline=(0, 255, 0), width=max(1, scale // 2))  # fmt: skip
     width = max(pic.width, PREVIEW_MIN_SIDE)  # a narrow (portrait) canvas still gets a readable legend
-    legend = _legend(width, cfg.sample.insertion.k, float(heat.min()))
+    legend = _legend(width, cfg.sample.insertion.k, float(heat.min()), note)
     sheet = Image.new("RGB", (width, pic.height + legend.height), (24, 24, 24))
     sheet.paste(pic, ((width - pic.width) // 2, 0))
     sheet.paste(legend, (0, pic.height))
