@@ -7,7 +7,7 @@ and the new region's truth is known exactly. A sprite can be drawn that moves in
 canvas coordinates inside the box: it is never truly in the new region, so any sprite
 colour found there was copied from another time.
 
-Used by tests/test_propagate.py and scripts/bench_propagate.py.
+Used by tests/test_propagate.py, tests/test_propagation_pipeline.py and scripts/bench_propagate.py.
 """
 
 from __future__ import annotations
@@ -97,6 +97,39 @@ def zoom_clip(frames=24, src=(128, 160), expand=32, rate=0.99, name="astronaut")
     canvas = Canvas(src_h=sh, src_w=sw, height=sh + 2 * expand, width=sw + 2 * expand, top=expand, left=expand)
     img = photo(name)
     return Clip(img, canvas, frames, zoom(img.shape[1] / 2, img.shape[0] / 2 - 20, canvas, rate))
+
+
+def oracle_horizontal(clip: Clip, vx: int, params=None) -> list[np.ndarray]:
+    """Which canvas pixels must be filled in an integer horizontal pan, from the true path.
+
+    A pixel (column x, row y) of frame t sits at (x - left + vx (t - s), y - top) in frame s;
+    candidates are the frames that see it inside the margin, taken nearest first with the
+    same-side spacing; with nothing moving they all agree, so it is filled iff >= min_agree.
+    """
+    from motia.propagate import PropagationParams
+
+    params = params or PropagationParams()
+    c = clip.canvas
+    m = params.margin * max(c.src_h, c.src_w)
+    rows_ok = (np.arange(c.height) - c.top >= m) & (np.arange(c.height) - c.top <= c.src_h - 1 - m)
+    out = []
+    for t in range(clip.num_frames):
+        count = np.zeros(c.width, dtype=int)
+        for x in range(c.width):
+            if c.left <= x < c.left + c.src_w:
+                continue
+            for side in (-1, 1):
+                last = None
+                for d in range(1, params.radius + 1):
+                    s = t + side * d
+                    if not 0 <= s < clip.num_frames:
+                        break
+                    u = x - c.left + vx * (t - s)
+                    if m <= u <= c.src_w - 1 - m and (last is None or abs(s - last) >= params.spacing):
+                        count[x] += 1
+                        last = s
+        out.append(rows_ok[:, None] & (count >= params.min_agree)[None, :])
+    return out
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

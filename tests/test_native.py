@@ -152,7 +152,7 @@ def test_native_run_end_to_end_with_audio(clip540, tmp_path):
     assert (sbs.width, sbs.height) == (1708 * 2 + 4, 960) and sbs.has_audio  # source on the canvas | result
     summary = json.loads(Path(out["summary"]).read_text())
     assert (summary["output_canvas"]["width"], summary["output_canvas"]["height"]) == (1708, 960)
-    assert set(summary["output_timings_s"]) == {"read", "canvas_paste", "write"} and "output" in summary["timings_s"]
+    assert set(summary["output_timings_s"]) == {"read", "propagate", "canvas_paste", "write"} and "output" in summary["timings_s"]
     assert not [p for p in (tmp_path / "phone").iterdir() if p.name.startswith(".")]  # no temporary leftovers
 
 

@@ -38,7 +38,7 @@ from motia.propagate import (  # noqa: E402
 )
 
 sys.path.insert(0, str(Path(__file__).parent))
-from synthetic_pans import SPRITE_RGB, Clip, pan_clip, photo, psnr, translation, zoom_clip  # noqa: E402
+from synthetic_pans import SPRITE_RGB, Clip, oracle_horizontal, pan_clip, photo, psnr, translation, zoom_clip  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,36 +56,6 @@ def filled_errors(clip: Clip, results, with_sprite=False):
         got.append(p.image[p.mask])
         want.append(truth[p.mask])
     return np.concatenate(got), np.concatenate(want)
-
-
-def oracle_horizontal(clip: Clip, vx: int, params=PropagationParams()) -> list[np.ndarray]:
-    """Which canvas pixels must be filled in an integer horizontal pan, from the true path.
-
-    A pixel (column x, row y) of frame t sits at (x - left + vx (t - s), y - top) in frame s;
-    candidates are the frames that see it inside the margin, taken nearest first with the
-    same-side spacing; with nothing moving they all agree, so it is filled iff >= min_agree.
-    """
-    c = clip.canvas
-    m = params.margin * max(c.src_h, c.src_w)
-    rows_ok = (np.arange(c.height) - c.top >= m) & (np.arange(c.height) - c.top <= c.src_h - 1 - m)
-    out = []
-    for t in range(clip.num_frames):
-        count = np.zeros(c.width, dtype=int)
-        for x in range(c.width):
-            if c.left <= x < c.left + c.src_w:
-                continue
-            for side in (-1, 1):
-                last = None
-                for d in range(1, params.radius + 1):
-                    s = t + side * d
-                    if not 0 <= s < clip.num_frames:
-                        break
-                    u = x - c.left + vx * (t - s)
-                    if m <= u <= c.src_w - 1 - m and (last is None or abs(s - last) >= params.spacing):
-                        count[x] += 1
-                        last = s
-        out.append(rows_ok[:, None] & (count >= params.min_agree)[None, :])
-    return out
 
 
 # ----------------------------------------------------------------------------- pans
@@ -422,7 +392,7 @@ def test_coverage_per_side_and_over_frames():
 
 def test_config_section_defaults_validation_and_mapping():
     cfg = load_config()
-    assert cfg.outpaint.propagate == "off"
+    assert cfg.outpaint.propagate == "auto"
     motion, prop = params_from_config(cfg.outpaint.propagation)
     assert motion == MotionParams() and prop == PropagationParams()
     cfg = load_config(overrides=["outpaint.propagate=auto", "outpaint.propagation.radius=30",
@@ -430,7 +400,10 @@ def test_config_section_defaults_validation_and_mapping():
     motion, prop = params_from_config(cfg.outpaint.propagation)
     assert cfg.outpaint.propagate == "auto" and prop.radius == 30 and motion.features == "orb"
     with pytest.raises(ConfigError, match="outpaint.propagate"):
-        load_config(overrides=["outpaint.propagate=yes"])
+        load_config(overrides=["outpaint.propagate=sometimes"])
+    # YAML 1.1 reads on/off (and yes/no, true/false) as booleans: they mean the words
+    assert [load_config(overrides=[f"outpaint.propagate={v}"]).outpaint.propagate for v in ("on", "off", "no")] == \
+        ["on", "off", "off"]
     with pytest.raises(ConfigError, match="min_agree"):
         load_config(overrides=["outpaint.propagation.min_agree=6"])
     with pytest.raises(ConfigError, match="outpaint.propagation.radius"):
