@@ -652,6 +652,8 @@ def outpaint_from_config(
             cancel.set()
             raise
         t_loaded = time.perf_counter()
+        if not pending.done():
+            log.info("models loaded; waiting for the pixel propagation (%d frames)", clip.num_frames)
         propagation = pending.result()
     t_propagated = time.perf_counter()
     # --overwrite of another config's run: none of its files may stay beside ours. Removed
