@@ -479,7 +479,7 @@ def run_job(job: BatchJob, cache: str | os.PathLike | None = None, reuse_adapter
     from motia import adapt as adapt_mod
     from motia import outpaint as outpaint_mod
     from motia.caption import resolve_prompt
-    from motia.job import load_clip
+    from motia.planning import load_clip
     from motia.utils import peak_memory_bytes
 
     row = _new_row(job)

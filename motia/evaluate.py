@@ -503,8 +503,9 @@ def run_motia(name, cfg_path, overrides, cropped, left_px, right_px, out_dir, mo
     """
     from motia.adapt import adapt_from_config
     from motia.config import load_config
-    from motia.job import ModelCache, load_clip
+    from motia.job import ModelCache
     from motia.outpaint import outpaint
+    from motia.planning import load_clip
     from motia.video import write_frames
 
     out_dir = Path(out_dir)

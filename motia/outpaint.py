@@ -49,7 +49,7 @@ class OutpaintResult:
     latents: torch.Tensor  # (1, 4, F, h, w) float32 CPU, the clean sampled latents
     canvas: object  # motia.geometry.Canvas
     timings: dict[str, float] = field(default_factory=dict)  # seconds: encode, sample, decode, total
-    work: dict = field(default_factory=dict)  # job.work_estimate: frames, windows, UNet calls, ...
+    work: dict = field(default_factory=dict)  # planning.work_estimate: frames, windows, UNet calls, ...
     peak_memory: dict[str, int] = field(default_factory=dict)  # bytes: after sampling, at the end
     prompt: str = ""
 
@@ -311,7 +311,7 @@ def outpaint(
     """
     from motia.geometry import feather_pixels, known_mask, latent_known_mask, paste_known, place_on_canvas
     from motia.geometry import control_video as make_control
-    from motia.job import plan, work_estimate
+    from motia.planning import plan, work_estimate
     from motia.rau import active_at
     from motia.sampler import sample
     from motia.utils import peak_memory_bytes
@@ -459,8 +459,8 @@ def write_outputs(cfg: JobConfig, clip, result: OutpaintResult, run_dir: Path) -
     put on the output canvas (``output.resolution``, ``output.height``/``width``) and
     the source pasted back there; each file is written atomically.
     """
-    from motia.job import native_size, plan_output
     from motia.output import OutputWriter
+    from motia.planning import native_size, plan_output
 
     native = native_size(clip)
     out_canvas = plan_output(cfg, result.canvas, *native)
@@ -539,10 +539,10 @@ def outpaint_from_config(
     already loaded in this process; ``callback`` observes the sampling steps (see ``outpaint``).
     """
     from motia.config import dump_config
-    from motia.job import load_clip, native_size, plan, plan_output, upsampling_warning
     from motia.lora import read_lora_metadata
     from motia.models import load_components
     from motia.output import OutputWriter
+    from motia.planning import load_clip, native_size, plan, plan_output, upsampling_warning
     from motia.runs import check_outpaint_folder
     from motia.utils import peak_memory_bytes
 

@@ -89,7 +89,7 @@ def test_preview_is_big_enough_with_a_legend(tmp_path, capsys):
     assert left[0] > 3 * left[2] and right[2] > 3 * right[0], (left, right)
     from motia.config import load_config
     from motia.geometry import insertion_map
-    from motia.job import plan
+    from motia.planning import plan
 
     strength = float(insertion_map(plan(load_config(TINY), 64, 96), 2.0)[32, 0])  # about exp(-2)
     on_bar = px[8 + round((1 - strength) * (img.width - 17)), y]
