@@ -675,11 +675,13 @@ def _write_json(path: Path, data: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m motia.batch [--debug] BATCH.yaml [key=value ...]`` (for ``accelerate launch -m``):
     the same as ``motia batch``, with the CLI's error handling (one line, exit 2)."""
-    from motia.cli import main as cli_main
+    import motia.batch  # its run_batch, not that of `python -m`'s __main__ copy: logs stay named motia.batch
+    from motia.command import parse_args, run
 
     argv = list(sys.argv[1:] if argv is None else argv)
     flags = [a for a in argv if a == "--debug"]
-    return cli_main([*flags, "batch", *[a for a in argv if a != "--debug"]])
+    args = parse_args([*flags, "batch", *[a for a in argv if a != "--debug"]])
+    return run(args, lambda a: motia.batch.run_batch(a.manifest, a.overrides, overwrite=a.overwrite))
 
 
 if __name__ == "__main__":

@@ -140,4 +140,4 @@ def test_library_notices_are_quiet():
 
     if importlib.util.find_spec("torchvision") is not None:  # then transformers has nothing to say here
         pytest.skip("torchvision is installed: no notice to hide")
-    assert stderr("from motia.cli import quiet_libraries; quiet_libraries(); ") == ""
+    assert stderr("from motia.command import quiet_libraries; quiet_libraries(); ") == ""
