@@ -141,3 +141,12 @@ def test_library_notices_are_quiet():
     if importlib.util.find_spec("torchvision") is not None:  # then transformers has nothing to say here
         pytest.skip("torchvision is installed: no notice to hide")
     assert stderr("from motia.command import quiet_libraries; quiet_libraries(); ") == ""
+
+
+def test_a_file_that_is_no_video_is_one_line_on_stderr(tmp_path, capfd):
+    """Not even the decoders' own C-level complaints (FFmpeg's, decord's) reach the terminal beside the error."""
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video at all\n" * 10)
+    assert main(["info", TINY, f"video.path={bad}"]) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {bad}: cannot read video"), err
