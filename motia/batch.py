@@ -65,7 +65,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import yaml
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from motia.config import JobConfig, OutpaintConfig, VideoConfig, _rel, apply_overrides, load_raw, read_yaml, validate

@@ -46,7 +46,7 @@ import torch.nn.functional as F_nn
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from motia.errors import ConfigError, InputError, MotiaError
+from motia.errors import InputError, MotiaError
 from motia.metrics import I3DFeatures, LPIPS, MetricUnavailable, fvd_from_features, psnr, ssim
 from motia.utils import atomic_path
 
