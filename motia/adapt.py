@@ -816,8 +816,8 @@ def adapt_from_config(
     ``make_accelerator(cfg)``) and ``solo`` are passed to ``adapt``; ``callback`` observes every step (see ``adapt``).
     """
     from motia.caption import resolve_prompt
-    from motia.job import load_clip
     from motia.models import load_components
+    from motia.planning import load_clip
 
     clip = load_clip(cfg)
     prompt = resolve_prompt(cfg, clip)  # `prompt: auto` -> a caption of the middle frame

@@ -1,6 +1,6 @@
 """The local web app (`motia app`): pick a clip and a canvas, preview, adapt, outpaint and compare in a browser.
 
-It runs the CLI's library calls: ``job.preview`` and ``job.work_estimate`` for the
+It runs the CLI's library calls: ``job.preview`` and ``planning.work_estimate`` for the
 instant preview; ``batch``'s adapter cache and ``adapt.adapt_from_config`` for the
 adapter (a cache hit skips training, and ``motia batch`` shares the entries);
 ``outpaint.outpaint_from_config`` for the result; all on one ``job.ModelCache``, so the
@@ -194,8 +194,8 @@ class App:
         return validate(data, self.source)
 
     def clip(self, cfg: JobConfig):
-        """The config's frames (``job.load_clip``), kept while file and ``video`` section stay the same."""
-        from motia.job import load_clip, video_path
+        """The config's frames (``planning.load_clip``), kept while file and ``video`` section stay the same."""
+        from motia.planning import load_clip, video_path
 
         path = video_path(cfg)
         try:
@@ -214,7 +214,7 @@ class App:
         The page hands over gradio's temporary copy of an upload, which gradio deletes
         after a day; the run folder's copy keeps the file name, so the run folder stays the same.
         """
-        from motia.job import video_path
+        from motia.planning import video_path
         from motia.utils import atomic_path
 
         src = video_path(cfg).resolve()
@@ -231,12 +231,12 @@ class App:
 
     def preview(self, ch: Choices) -> tuple[Path, str]:
         """``motia preview`` (the PNG in the run folder) and the work estimate as Markdown."""
-        from motia import job
+        from motia import job, planning
 
         cfg = self.config(ch)
         clip = self.clip(cfg)
-        canvas = job.plan(cfg, clip.height, clip.width)
-        work = job.work_estimate(cfg, clip.num_frames, canvas)
+        canvas = planning.plan(cfg, clip.height, clip.width)
+        work = planning.work_estimate(cfg, clip.num_frames, canvas)
         png = job.preview(self.keep_clip(cfg))
         return png, estimate_text(cfg, clip, canvas, work)
 

@@ -65,7 +65,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import yaml
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from motia.config import JobConfig, OutpaintConfig, VideoConfig, _rel, apply_overrides, load_raw, read_yaml, validate
@@ -479,7 +478,7 @@ def run_job(job: BatchJob, cache: str | os.PathLike | None = None, reuse_adapter
     from motia import adapt as adapt_mod
     from motia import outpaint as outpaint_mod
     from motia.caption import resolve_prompt
-    from motia.job import load_clip
+    from motia.planning import load_clip
     from motia.utils import peak_memory_bytes
 
     row = _new_row(job)
@@ -675,11 +674,13 @@ def _write_json(path: Path, data: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m motia.batch [--debug] BATCH.yaml [key=value ...]`` (for ``accelerate launch -m``):
     the same as ``motia batch``, with the CLI's error handling (one line, exit 2)."""
-    from motia.cli import main as cli_main
+    import motia.batch  # its run_batch, not that of `python -m`'s __main__ copy: logs stay named motia.batch
+    from motia.command import parse_args, run
 
     argv = list(sys.argv[1:] if argv is None else argv)
     flags = [a for a in argv if a == "--debug"]
-    return cli_main([*flags, "batch", *[a for a in argv if a != "--debug"]])
+    args = parse_args([*flags, "batch", *[a for a in argv if a != "--debug"]])
+    return run(args, lambda a: motia.batch.run_batch(a.manifest, a.overrides, overwrite=a.overwrite))
 
 
 if __name__ == "__main__":

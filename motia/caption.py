@@ -76,7 +76,7 @@ def build_tiny_blip(folder: str | os.PathLike, seed: int = 0) -> Path:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = BlipForConditionalGeneration(config).eval()
-    from motia.models.loading import _library_progress
+    from motia.utils import _library_progress
 
     with _library_progress(False):
         model.save_pretrained(folder)
@@ -130,7 +130,8 @@ def _load(model_ref: str, device: str):
     """(processor, model) for ``model_ref`` on ``device``; cached per process."""
     from transformers import BlipForConditionalGeneration, BlipProcessor
 
-    from motia.models.loading import _library_progress, hub_cache_only
+    from motia.models.loading import hub_cache_only
+    from motia.utils import _library_progress
 
     ref = _resolve_ref(model_ref)
     try:

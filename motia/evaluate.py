@@ -46,7 +46,7 @@ import torch.nn.functional as F_nn
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from motia.errors import ConfigError, InputError, MotiaError
+from motia.errors import InputError, MotiaError
 from motia.metrics import I3DFeatures, LPIPS, MetricUnavailable, fvd_from_features, psnr, ssim
 from motia.utils import atomic_path
 
@@ -503,8 +503,9 @@ def run_motia(name, cfg_path, overrides, cropped, left_px, right_px, out_dir, mo
     """
     from motia.adapt import adapt_from_config
     from motia.config import load_config
-    from motia.job import ModelCache, load_clip
+    from motia.job import ModelCache
     from motia.outpaint import outpaint
+    from motia.planning import load_clip
     from motia.video import write_frames
 
     out_dir = Path(out_dir)

@@ -57,7 +57,7 @@ class OutpaintResult:
     latents: torch.Tensor  # (1, 4, F, h, w) float32 CPU, the clean sampled latents
     canvas: object  # motia.geometry.Canvas
     timings: dict[str, float] = field(default_factory=dict)  # seconds: propagate, encode, sample, decode, total
-    work: dict = field(default_factory=dict)  # job.work_estimate: frames, windows, UNet calls, ...
+    work: dict = field(default_factory=dict)  # planning.work_estimate: frames, windows, UNet calls, ...
     peak_memory: dict[str, int] = field(default_factory=dict)  # bytes: after sampling, at the end
     prompt: str = ""
     propagation: object | None = None  # motia.known.ClipPropagation (None only when built by hand)
@@ -357,8 +357,8 @@ def outpaint(
     """
     from motia.geometry import feather_pixels, known_mask, latent_known_mask, paste_known, place_on_canvas
     from motia.geometry import control_video as make_control
-    from motia.job import plan, work_estimate
     from motia.known import propagate_clip
+    from motia.planning import plan, work_estimate
     from motia.rau import active_at
     from motia.sampler import sample
     from motia.utils import peak_memory_bytes
@@ -531,8 +531,8 @@ def write_outputs(cfg: JobConfig, clip, result: OutpaintResult, run_dir: Path) -
     the source (and the propagated pixels, ``result.propagation``) pasted back there; each
     file is written atomically.
     """
-    from motia.job import native_size, plan_output
     from motia.output import OutputWriter
+    from motia.planning import native_size, plan_output
 
     native = native_size(clip)
     out_canvas = plan_output(cfg, result.canvas, *native)
@@ -613,11 +613,11 @@ def outpaint_from_config(
     load; the summary's ``propagation`` records its motion, coverage and time.
     """
     from motia.config import dump_config
-    from motia.job import load_clip, native_size, plan, plan_output, upsampling_warning
     from motia.known import check_propagation, propagate_clip
     from motia.lora import read_lora_metadata
     from motia.models import load_components
     from motia.output import OutputWriter
+    from motia.planning import load_clip, native_size, plan, plan_output, upsampling_warning
     from motia.runs import check_outpaint_folder
     from motia.utils import peak_memory_bytes
 

@@ -1,7 +1,7 @@
 """A run's written outputs: decoded frames put on the output canvas, the known pixels pasted back, streamed to the writers.
 
 ``OutputWriter`` is ``outpaint``'s sink. Each decoded chunk of model-canvas frames
-(n, 3, H, W) is redrawn on the output canvas (``motia.job.plan_output``: native
+(n, 3, H, W) is redrawn on the output canvas (``motia.planning.plan_output``: native
 scale by default) with ``geometry.resample_canvas``; the known pixels go back with
 ``geometry.paste_known`` (at native scale they are the source's own, decoded chunk
 by chunk with ``video.iter_frames``, never resampled); and the frames go to every
@@ -103,7 +103,7 @@ class OutputWriter:
     """Writes the outputs of one run chunk by chunk; call it with each decoded chunk, then ``close()``.
 
     ``canvas`` is the model's canvas (what the chunks are on), ``out_canvas`` the
-    written one (``motia.job.plan_output``), ``native_size`` the source's own (H, W).
+    written one (``motia.planning.plan_output``), ``native_size`` the source's own (H, W).
     ``paste`` (default ``cfg.output.paste``) pastes the source back at the output scale;
     chunks must then be the raw decoded frames. ``propagation`` (a
     ``motia.known.ClipPropagation`` that filled pixels) adds the propagated pixels to the

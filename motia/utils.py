@@ -1,4 +1,4 @@
-"""Small shared helpers: atomic file writes, memory readings, seeding."""
+"""Small shared helpers: atomic file writes, memory readings, seeding, hiding the libraries' loading bars."""
 
 from __future__ import annotations
 
@@ -47,3 +47,25 @@ def peak_memory_bytes(device=None) -> int:
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+@contextlib.contextmanager
+def _library_progress(enabled: bool) -> Iterator[None]:
+    """Show or hide diffusers / transformers / hub loading bars for the duration, then restore."""
+    import diffusers.utils.logging as dlog
+    import huggingface_hub.utils as hub_utils
+    import transformers.utils.logging as tlog
+
+    before = (dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled(), hub_utils.are_progress_bars_disabled())
+    if not enabled:
+        dlog.disable_progress_bar()
+        tlog.disable_progress_bar()
+        hub_utils.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not enabled:
+            (dlog.enable_progress_bar if before[0] else dlog.disable_progress_bar)()
+            (tlog.enable_progress_bar if before[1] else tlog.disable_progress_bar)()
+            if not before[2]:
+                hub_utils.enable_progress_bars()

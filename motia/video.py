@@ -255,6 +255,8 @@ def probe_video(path: str | Path) -> VideoInfo:
             errors.append(f"{probe.__name__[7:]}: no frames")
         except Exception as e:  # noqa: BLE001 - try the next reader, report all at the end
             errors.append(f"{probe.__name__[7:]}: {_reason(e)}")
+            if _not_a_video(e):
+                break
     raise _unreadable(path, "; ".join(errors))
 
 
@@ -407,7 +409,14 @@ def _decode(path: Path, sel: _Selection, backend: str, convert) -> tuple[torch.T
         except Exception as e:  # noqa: BLE001 - fall back to the next reader, report all at the end
             logger.debug("video reader %s failed on %s: %s", name, path, e)
             errors.append(f"{name}: {_reason(e)}")
+            if _not_a_video(e):
+                break  # the other readers sit on the same FFmpeg: they would only print its complaints again
     raise _unreadable(path, "; ".join(errors))
+
+
+def _not_a_video(e: BaseException) -> bool:
+    """PyAV's verdict that the file is no container FFmpeg can parse (truncated, not a video at all)."""
+    return type(e).__name__ == "InvalidDataError"
 
 
 def target_size(height: int, width: int, size: int | None, resize: str = "short_side") -> tuple[int, int]:

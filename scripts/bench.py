@@ -79,7 +79,7 @@ def job_config(model: str, size: int, steps: int, guidance_steps: int, regret_re
 
 def reference_work(model: str = "fullsize") -> tuple[dict, object]:
     """work_estimate of the reference workload (configs/base.yaml sampling: 25 steps, guidance 15, regret 3x4) at 16 frames."""
-    from motia.job import plan, work_estimate
+    from motia.planning import plan, work_estimate
 
     cfg = job_config(model, REF_SIZE, 25, 15, 4, "cpu", "fp32")
     ref = cfg.sample
@@ -193,7 +193,7 @@ def case_stock(spec: dict) -> dict:
     from PIL import Image
 
     from motia.geometry import place_on_canvas
-    from motia.job import plan
+    from motia.planning import plan
 
     t0 = time.perf_counter()
     c = load_models(spec)
@@ -235,8 +235,8 @@ def case_calls(spec: dict) -> dict:
 
     from motia import lora
     from motia.geometry import control_video, known_mask, place_on_canvas
-    from motia.job import plan
     from motia.outpaint import _attach_lora, encode_prompt, make_denoiser
+    from motia.planning import plan
 
     c = load_models(spec)
     cfg = job_config(spec["model"], spec["size"], 1, 1, 0, spec["device"], spec["dtype"])
@@ -301,8 +301,8 @@ def case_ab(spec: dict) -> dict:
     from PIL import Image
 
     from motia.geometry import control_video, known_mask, place_on_canvas
-    from motia.job import plan
     from motia.outpaint import encode_prompt, make_denoiser
+    from motia.planning import plan
 
     c = load_models(spec)
     prepare_models(c, spec)

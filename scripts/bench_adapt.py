@@ -74,8 +74,8 @@ def count_flops(step) -> int:
 
 def bench_config(cfg, args) -> dict:
     """Time the real adapt() through its step callback."""
-    from motia.job import load_clip
     from motia.models import load_components
+    from motia.planning import load_clip
 
     cfg = cfg.model_copy(deep=True)
     cfg.adapt.steps = args.warmup + args.steps

@@ -17,8 +17,8 @@ from motia import adapt as A
 from motia.cli import main
 from motia.config import load_config
 from motia.errors import ConfigError
-from motia.job import load_clip
 from motia.lora import load_lora, read_lora_metadata
+from motia.planning import load_clip
 from motia.video import write_video
 
 REPO = Path(__file__).resolve().parent.parent

@@ -129,7 +129,7 @@ def app():
     ],
 )
 def test_canvas_choices_make_the_configs_canvas(app, choice, size):
-    from motia.job import plan
+    from motia.planning import plan
 
     cfg = app.config(Choices(video=str(sample_clip_path()), **choice))
     clip = app.clip(cfg)
@@ -160,7 +160,7 @@ def test_page_options_reach_the_config_and_the_rest_comes_from_it(app):
     ],
 )
 def test_bad_choices_are_one_line_errors(app, choice, needle):
-    from motia.job import plan
+    from motia.planning import plan
 
     with pytest.raises((ConfigError, InputError)) as e:
         cfg = app.config(Choices(**{"video": str(sample_clip_path()), **choice}))

@@ -230,7 +230,7 @@ def test_adapters_list_and_rm(first_run, tmp_path, capsys):
 
 def test_adapter_key_covers_pixels_and_recipe_not_canvas(tmp_path):
     from motia.config import load_config
-    from motia.job import load_clip
+    from motia.planning import load_clip
 
     write_video(tmp_path / "a.mp4", _clip(1), fps=8)
     base = [*FAST, f"video.path={tmp_path / 'a.mp4'}"]

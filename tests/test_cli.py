@@ -89,7 +89,7 @@ def test_preview_is_big_enough_with_a_legend(tmp_path, capsys):
     assert left[0] > 3 * left[2] and right[2] > 3 * right[0], (left, right)
     from motia.config import load_config
     from motia.geometry import insertion_map
-    from motia.job import plan
+    from motia.planning import plan
 
     strength = float(insertion_map(plan(load_config(TINY), 64, 96), 2.0)[32, 0])  # about exp(-2)
     on_bar = px[8 + round((1 - strength) * (img.width - 17)), y]
@@ -140,4 +140,13 @@ def test_library_notices_are_quiet():
 
     if importlib.util.find_spec("torchvision") is not None:  # then transformers has nothing to say here
         pytest.skip("torchvision is installed: no notice to hide")
-    assert stderr("from motia.cli import quiet_libraries; quiet_libraries(); ") == ""
+    assert stderr("from motia.command import quiet_libraries; quiet_libraries(); ") == ""
+
+
+def test_a_file_that_is_no_video_is_one_line_on_stderr(tmp_path, capfd):
+    """Not even the decoders' own C-level complaints (FFmpeg's, decord's) reach the terminal beside the error."""
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video at all\n" * 10)
+    assert main(["info", TINY, f"video.path={bad}"]) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {bad}: cannot read video"), err

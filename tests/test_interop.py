@@ -37,7 +37,7 @@ def pipelines(tiny_bundle, tmp_path_factory):
     from diffusers import (AnimateDiffControlNetPipeline, AnimateDiffPipeline, ControlNetModel, MotionAdapter,
                            UNet2DConditionModel)  # fmt: skip
 
-    from motia.models.loading import _library_progress
+    from motia.utils import _library_progress
 
     root = tmp_path_factory.mktemp("pipelines")
     c = load_components(base="tiny:sd", parts=("tokenizer", "text_encoder", "vae", "scheduler"), device="cpu")

@@ -71,8 +71,8 @@ def decoded(path):
 @pytest.fixture(scope="module")
 def raw(clip540, components):
     """One sampling run on the 540x960 clip at 16:9, decoded without any paste (model canvas)."""
-    from motia.job import load_clip
     from motia.outpaint import outpaint
+    from motia.planning import load_clip
 
     cfg = make_cfg(clip540, "outpaint.aspect=16:9")
     clip = load_clip(cfg)
@@ -81,8 +81,8 @@ def raw(clip540, components):
 
 def test_native_output_is_the_canvas_at_the_source_scale_with_its_pixels_untouched(raw, clip540, tmp_path):
     from motia.geometry import resample_canvas
-    from motia.job import native_size, plan_output
     from motia.outpaint import write_outputs
+    from motia.planning import native_size, plan_output
 
     cfg, clip, result = raw
     assert (clip.height, clip.width) == (57, 32) and (result.canvas.height, result.canvas.width) == (64, 104)
@@ -118,8 +118,8 @@ def test_native_output_is_the_canvas_at_the_source_scale_with_its_pixels_untouch
 
 
 def test_delivery_size_scales_once_from_native(raw, clip540, tmp_path):
-    from motia.job import native_size, plan_output
     from motia.outpaint import write_outputs
+    from motia.planning import native_size, plan_output
 
     cfg, clip, result = raw
     o = cfg.output.model_copy(update={"height": 480, "frames": True, "side_by_side": False, "mp4": False})
@@ -181,8 +181,8 @@ def test_two_runs_write_identical_videos(tmp_path):
 
 def test_odd_native_size(tmp_path, components, monkeypatch):
     import motia.output
-    from motia.job import load_clip, native_size, plan_output
     from motia.outpaint import outpaint, write_outputs
+    from motia.planning import load_clip, native_size, plan_output
     from motia.video import write_frames
 
     src = write_frames(tmp_path / "odd", portrait(3, 405, 721))  # PNGs: the source is exact too

@@ -65,7 +65,7 @@ def clip_file(tmp_path_factory):
 
 
 def load(cfg):
-    from motia.job import load_clip
+    from motia.planning import load_clip
 
     return load_clip(cfg)
 

@@ -86,7 +86,7 @@ def test_components_carry_animatediffs_linear_schedule(components, tiny_bundle):
 def test_outpainting_samples_on_the_schedule_with_the_initial_noise(clip_file, components, monkeypatch):
     import motia.sampler
     from motia.outpaint import outpaint
-    from motia.job import load_clip
+    from motia.planning import load_clip
 
     seen = {}
     real = motia.sampler.sample
@@ -112,8 +112,8 @@ def test_one_adaptation_step_loss_is_ddpm_add_noise_on_the_linear_schedule(clip_
     from diffusers import DDPMScheduler
 
     from motia import adapt as A
-    from motia.job import load_clip
     from motia.lora import lora_disabled, read_lora_metadata
+    from motia.planning import load_clip
 
     cfg = job(clip_file, "adapt.steps=1", "adapt.frames=4", "adapt.checkpoint_every=1000", f"output.dir={tmp_path}")
     comps = dataclasses.replace(components, unet=copy.deepcopy(components.unet))
@@ -234,9 +234,9 @@ def test_window_attention_auto_is_off_at_the_papers_canvas(components):
 
 
 def test_adapter_with_the_previous_targets_loads_and_outpaints(clip_file, components, tmp_path):
-    from motia.job import load_clip
     from motia.lora import _adapter_parameters, add_lora, read_lora_metadata, remove_lora, save_lora
     from motia.outpaint import outpaint
+    from motia.planning import load_clip
 
     # motia 0.1's "temporal": ff.net.0.proj trained too, peft's default init; written as those files were.
     old = [r".*motion_modules\.\d+\.transformer_blocks\.\d+\.attn[12]\.to_[qkv]",

@@ -139,7 +139,7 @@ def scheduler_for(components, steps):
 
 
 def canvas_of(cfg, clip):
-    from motia.job import plan
+    from motia.planning import plan
 
     canvas = plan(cfg, clip.height, clip.width)
     assert canvas.box == (0, 8, 32, 40) and (canvas.height, canvas.width) == (32, 48)  # 8-aligned: cells 1..4 known
@@ -459,7 +459,7 @@ def test_one_by_one_window_grid_on_every_block_is_plain_attention(components, cl
 
 
 def test_each_window_call_sees_its_frames_of_the_latents_and_the_control_video(components, clip):
-    from motia.job import work_estimate
+    from motia.planning import work_estimate
     from motia.windows import temporal_windows
 
     cfg = make_cfg(*GUIDED_REGRET)  # 3 moves (2 guided) x 3 windows

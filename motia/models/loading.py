@@ -55,6 +55,7 @@ from typing import Any, Iterator
 import torch
 
 from motia.errors import ConfigError, InputError
+from motia.utils import _library_progress
 
 logger = logging.getLogger(__name__)
 
@@ -769,28 +770,6 @@ def _loading(src: Source, what: str) -> Iterator[None]:
         text = str(e).strip()
         first = text.splitlines()[0] if text else type(e).__name__
         raise InputError(f"{src.key}: could not load {what} from {src.ref} ({type(e).__name__}: {first[:300]})") from e
-
-
-@contextlib.contextmanager
-def _library_progress(enabled: bool) -> Iterator[None]:
-    """Show or hide diffusers / transformers / hub loading bars for the duration, then restore."""
-    import diffusers.utils.logging as dlog
-    import huggingface_hub.utils as hub_utils
-    import transformers.utils.logging as tlog
-
-    before = (dlog.is_progress_bar_enabled(), tlog.is_progress_bar_enabled(), hub_utils.are_progress_bars_disabled())
-    if not enabled:
-        dlog.disable_progress_bar()
-        tlog.disable_progress_bar()
-        hub_utils.disable_progress_bars()
-    try:
-        yield
-    finally:
-        if not enabled:
-            (dlog.enable_progress_bar if before[0] else dlog.disable_progress_bar)()
-            (tlog.enable_progress_bar if before[1] else tlog.disable_progress_bar)()
-            if not before[2]:
-                hub_utils.enable_progress_bars()
 
 
 def _field(models, fields: dict, name: str):

@@ -367,7 +367,7 @@ def ensure_tiny_bundle(root=None) -> Path:
     fingerprint = _fingerprint()
     if _is_current(final, fingerprint):
         return final
-    from motia.models.loading import _library_progress
+    from motia.utils import _library_progress
 
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{BUNDLE_NAME}.build.", dir=root))
