@@ -64,11 +64,6 @@ def quality_clips(frames: int) -> dict[str, Clip]:
     }
 
 
-def _sides(canvas: Canvas) -> list[str]:
-    e = canvas.expansion
-    return [k for k in ("left", "right", "top", "bottom") if e[k]]
-
-
 def quality(frames: int, steps: int) -> list[dict]:
     from motia.config import load_config
     from motia.models import load_components
@@ -83,7 +78,9 @@ def quality(frames: int, steps: int) -> list[dict]:
         src = torch.stack([torch.from_numpy(syn.read(t)).permute(2, 0, 1) for t in range(frames)]).float() / 255
         clip = VideoClip(frames=src, fps=8.0, source=Path(f"{name}.mp4"), frame_indices=list(range(frames)))
         e = c.expansion
-        sides = [f"outpaint.{k}={e[k] / (c.src_w if k in ('left', 'right') else c.src_h)}" for k in _sides(c)]
+        # every side set: tiny.yaml's own defaults must not add any
+        sides = [f"outpaint.{k}={e[k] / (c.src_w if k in ('left', 'right') else c.src_h)}"
+                 for k in ("left", "right", "top", "bottom")]
         truth = np.stack([syn.truth(t, with_sprite=False) for t in range(frames)])  # (F, H, W, 3)
         top, left, bottom, right = c.box
         new = np.ones((c.height, c.width), dtype=bool)
