@@ -145,7 +145,7 @@ class OutpaintConfig(_Section):
     aspect: str | float | None = None  # "9:16", "16/9", or a number width/height
     multiple: int = Field(8, ge=8)
     # Take new-region pixels that other frames show instead of generating them (motia.known):
-    # auto = where OpenCV is installed and the camera motion can reveal any; off = the paper's method.
+    # auto = where the camera motion can reveal any (and OpenCV imports); off = the paper's method.
     propagate: Literal["off", "on", "auto"] = "auto"
     propagation: PropagationSection = PropagationSection()
 

@@ -290,11 +290,18 @@ def adapt_and_outpaint(cfg: JobConfig, models: ModelCache | None = None, overwri
 def demo(overrides: Sequence[str] = (), overwrite: bool = False) -> dict:
     """`motia demo` / `make demo`: the whole job on the tiny bundle and the bundled clip, on CPU.
 
-    Running it again with the same overrides replaces its outputs (same config, same result).
+    Running it again with the same overrides replaces its outputs (same config, same result);
+    so does running it after other overrides or an upgrade, as long as the folders hold
+    demo runs only (``runs.only_demo_runs``), with a line saying so.
     """
+    from .adapt import adapter_dir
     from .config import load_config
+    from .runs import only_demo_runs
 
     cfg = load_config(REPO_CONFIGS / "tiny.yaml", list(overrides))
+    if not overwrite and only_demo_runs([cfg.run_dir(), adapter_dir(cfg)]):
+        print(f"demo: replacing the earlier demo outputs in {cfg.run_dir()}")
+        overwrite = True
     summary = adapt_and_outpaint(cfg, overwrite=overwrite)
     print(f"demo finished: outputs in {cfg.run_dir().resolve()}")
     for k, v in summary.get("outputs", {}).items():

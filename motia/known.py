@@ -165,8 +165,8 @@ def skip_reason(cfg: JobConfig, canvas: Canvas, num_frames: int) -> str | None:
         if mode == "on":
             check_propagation(cfg)
         log.warning("outpaint.propagate=auto: OpenCV is not installed, so no pixels are propagated "
-                    "(pip install 'motia[propagate]'; outpaint.propagate=off silences this)")
-        return "OpenCV is not installed (pip install 'motia[propagate]')"
+                    "(pip install opencv-python-headless; outpaint.propagate=off silences this)")
+        return "OpenCV is not installed (pip install opencv-python-headless)"
     return None
 
 

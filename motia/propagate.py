@@ -37,7 +37,7 @@ returns the *source* frame i only (features outside it do not exist). Points are
 (x, y) in pixel coordinates with pixel centres at integers. A transform
 ``relative(s, t)`` maps frame t's source coordinates to frame s's.
 
-OpenCV is an optional extra (``pip install 'motia[propagate]'``); this module
+OpenCV is a requirement of motia, imported lazily; this module
 imports without it and asks for it only when motion is estimated or pixels are
 propagated.
 """
@@ -57,7 +57,7 @@ from motia.geometry import SIDES, Canvas
 ReadFrame = Callable[[int], np.ndarray]
 
 MODELS = ("translation", "similarity", "affine", "homography")
-INSTALL_HINT = "pip install 'motia[propagate]' (or pip install opencv-python-headless)"
+INSTALL_HINT = "pip install opencv-python-headless"
 
 # A model with fewer degrees of freedom is chosen when its median inlier error is within
 # this of the best model's (px at the analysis size, plus a relative share): a pure pan

@@ -125,6 +125,23 @@ def check_outpaint_folder(run_dir: str | os.PathLike, cfg: JobConfig, lora: str 
     return [p for p in {*old_outputs, config, summary} if p.parent.resolve() == run_dir.resolve()]
 
 
+def only_demo_runs(folders: Iterable[str | os.PathLike]) -> list[Path]:
+    """The recorded configs under ``folders`` when every one is a demo run (tiny bundle, bundled clip), else [].
+
+    ``motia demo`` replaces such runs without ``--overwrite``: they hold nothing but
+    what the demo makes in seconds, and an upgrade that changes a default must not
+    stop ``make demo`` from running twice. Any other recorded config (a user's own
+    run in the same folder) returns [] and the usual refusal applies.
+    """
+    found = [p for f in folders for p in sorted(Path(f).rglob("config.yaml")) if Path(f).is_dir()]
+    for path in found:
+        old = _recorded(path) or {}
+        flat = _flatten(old)
+        if not (str(flat.get("models.base", "")).startswith("tiny:") and flat.get("video.path") == "sample:clip"):
+            return []
+    return found
+
+
 def check_adapter_folder(out_dir: str | os.PathLike, cfg: JobConfig, overwrite: bool = False,
                          adapter: str = "adapter.safetensors", checkpoint_config: Path | None = None) -> bool:  # fmt: skip
     """Refuse (ConfigError) to start adapting afresh in ``out_dir`` over another config's adapter or checkpoints.

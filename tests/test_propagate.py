@@ -424,6 +424,6 @@ def test_library_imports_without_opencv_and_asks_for_it():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     line = out.stdout.strip()
-    assert line.startswith("ERR outpaint.propagate needs OpenCV") and "pip install 'motia[propagate]'" in line
+    assert line.startswith("ERR outpaint.propagate needs OpenCV") and "pip install opencv-python-headless" in line
     assert "\n" not in line
     assert require_cv2() is cv2

@@ -310,7 +310,7 @@ def test_without_opencv_auto_runs_without_it_and_on_asks_for_it(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
-    assert lines[0] == "AUTO False OpenCV is not installed (pip install 'motia[propagate]')"
+    assert lines[0] == "AUTO False OpenCV is not installed (pip install opencv-python-headless)"
     assert lines[1].startswith("ON outpaint.propagate needs OpenCV") and len(lines) == 2
     assert "OpenCV is not installed, so no pixels are propagated" in out.stderr
 

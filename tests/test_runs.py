@@ -75,6 +75,32 @@ def test_another_config_refuses_and_leaves_every_file_same_config_reruns(tmp_pat
     assert adapter.is_file()  # the adapter folder is adaptation's, not outpainting's
 
 
+def test_demo_replaces_earlier_demo_runs_but_not_a_users_run(tmp_path, capsys):
+    """An upgrade that changes a default (or other demo overrides) must not stop `make demo`; a user's run still does."""
+    out = tmp_path / "out"
+    run = out / "sample"
+    assert main(["demo", f"output.dir={out}", *FAST]) == 0
+    capsys.readouterr()
+    rc = main(["demo", f"output.dir={out}", *FAST, "seed=1"])  # another demo config, same folder
+    said = capsys.readouterr()
+    assert rc == 0, said.err[-2000:]
+    assert f"demo: replacing the earlier demo outputs in {run}" in said.out
+    assert json.loads((run / "summary.json").read_text())["seed"] == 1
+
+    # A run of the user's own clip written into the demo's folder is theirs: refused, untouched.
+    user = tmp_path / "user.png"
+    from PIL import Image
+
+    Image.new("RGB", (48, 64), (120, 40, 200)).save(user)
+    assert main(["outpaint", TINY, f"output.dir={out}", *FAST, f"video.path={user}", "output.name=sample",
+                 "--overwrite"]) == 0  # fmt: skip
+    capsys.readouterr()
+    before = snapshot(run)
+    rc, err = cli(capsys, "demo", f"output.dir={out}", *FAST)
+    assert rc == 2 and len(err) == 1 and "--overwrite" in err[0], err
+    assert snapshot(run) == before
+
+
 def test_resume_with_more_steps_extends_a_finished_run(tmp_path, capsys, caplog):
     out = tmp_path / "out"
     folder = out / "sample" / "adapter"
