@@ -23,6 +23,30 @@ def tiny_bundle():
     return ensure_tiny_bundle()
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module: the tiny models are overhead-bound, so one is as fast, and
+    immune to a busy machine's oversubscription. Modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def components(one_thread):
+    """The tiny bundle loaded through ``load_components`` as configs/tiny.yaml names it, once per module."""
+    from pathlib import Path
+
+    from motia.config import load_config
+    from motia.models import load_components
+
+    return load_components(load_config(Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml").models)
+
+
 # `motia app` on the tiny config, small enough that adapt + outpaint take seconds.
 APP_OVERRIDES = ["video.max_frames=8", "adapt.steps=2", "sample.steps=2", "sample.regret.repeats=0"]
 

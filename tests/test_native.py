@@ -36,16 +36,6 @@ def clip540(tmp_path_factory):
     return write_video(path, portrait(5, 960, 540), fps=8, audio_from=sample_clip_path())
 
 
-@pytest.fixture(scope="module")
-def components():
-    from motia.models import load_components
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield load_components(load_config(CONFIGS / "tiny.yaml").models)
-    torch.set_num_threads(threads)
-
-
 def make_cfg(video, *overrides):
     return load_config(CONFIGS / "tiny.yaml", CHEAP + [f"video.path={video}", *overrides])
 

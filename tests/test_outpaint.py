@@ -40,20 +40,8 @@ def synthetic_frames(num_frames, h, w):
     return 0.5 + 0.4 * torch.sin(x + 0.7 * y + 0.3 * f + phase)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny models are overhead-bound: one thread is as fast, and immune to a busy machine's oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def components():
-    from motia.models import load_components
-
-    return load_components(load_config(CONFIGS / "tiny.yaml").models)
+# one_thread and components: tests/conftest.py
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

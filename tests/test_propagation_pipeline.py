@@ -42,19 +42,8 @@ def make_cfg(*overrides):
     return load_config(CONFIGS / "tiny.yaml", BASE + list(overrides))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the tiny models are overhead-bound; see tests/test_outpaint.py
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def components():
-    from motia.models import load_components
-
-    return load_components(load_config(CONFIGS / "tiny.yaml").models)
+# one_thread and components: tests/conftest.py
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def as_clip(syn):
