@@ -55,6 +55,7 @@ from motia.errors import ConfigError, InputError
 from motia.geometry import control_video, sample_border_mask
 from motia.runs import check_adapter_folder
 from motia.utils import atomic_path, peak_memory_bytes
+from motia.video import hash_unit_frames, unit_frames
 
 logger = logging.getLogger(__name__)
 
@@ -154,11 +155,12 @@ def crop_to_multiple(frames: torch.Tensor, multiple: int) -> torch.Tensor:
 
 @torch.no_grad()
 def encode_frames(vae, frames: torch.Tensor, chunk: int, device) -> torch.Tensor:
-    """(F, 3, H, W) in [0, 1] -> (F, 4, H/8, W/8) float32 CPU latents: posterior mean x scaling_factor."""
+    """(F, 3, H, W) uint8, or float in [0, 1] -> (F, 4, H/8, W/8) float32 CPU latents: posterior mean x scaling_factor."""
+
     dtype = next(vae.parameters()).dtype
     out = []
     for i in range(0, frames.shape[0], chunk):
-        x = frames[i : i + chunk].to(device=device, dtype=dtype) * 2 - 1  # (n, 3, H, W) in [-1, 1]
+        x = unit_frames(frames[i : i + chunk]).to(device=device, dtype=dtype) * 2 - 1  # (n, 3, H, W) in [-1, 1]
         out.append(vae.encode(x).latent_dist.mean.float().cpu())
     latents = torch.cat(out) * vae.config.scaling_factor  # (F, 4, h, w)
     if not torch.isfinite(latents).all():
@@ -185,7 +187,7 @@ def latent_key(frames: torch.Tensor, vae_source: str, vae_dtype: torch.dtype) ->
     """Cache key of a clip's latents: its exact pixels, the VAE, the VAE's precision."""
     h = hashlib.sha256()
     h.update(f"{tuple(frames.shape)}|{vae_source}|{vae_dtype}".encode())
-    h.update(frames.detach().cpu().float().contiguous().numpy().tobytes())
+    hash_unit_frames(h, frames)
     return h.hexdigest()
 
 
@@ -219,7 +221,7 @@ def training_batch(
 ) -> dict[str, torch.Tensor]:
     """Draw one step's data: per sample a window, a border mask; then timesteps and noise.
 
-    ``latents`` (F, 4, h, w) and ``frames`` (F, 3, H, W) in [0, 1] are the whole clip. Returns
+    ``latents`` (F, 4, h, w) and ``frames`` (F, 3, H, W) (uint8, or float in [0, 1]) are the whole clip. Returns
     ``latents`` (B, 4, f, h, w), ``control`` (B*f, 3, H, W) with the border = -1, ``known``
     (B, H, W), ``t`` (B,) and ``noise`` (B, 4, f, h, w), on ``device``. The order of draws is
     fixed, so the generator state alone decides the batch.
@@ -230,7 +232,7 @@ def training_batch(
         s, e = sample_window(frames.shape[0], window, generator)
         mask = sample_border_mask(H, W, mask_ranges, generator)  # (H, W), 1 = known
         lat.append(latents[s:e])  # (f, 4, h, w)
-        ctl.append(control_video(frames[s:e], mask))  # (f, 3, H, W)
+        ctl.append(control_video(unit_frames(frames[s:e]), mask))  # (f, 3, H, W)
         known.append(mask)
     x0 = torch.stack(lat).permute(0, 2, 1, 3, 4)  # (B, 4, f, h, w)
     t = torch.randint(0, num_train_timesteps, (batch_size,), generator=generator)
@@ -509,7 +511,7 @@ def adapt(
 
     # --- data: latents once (cached), the prompt once
     scale = 2 ** (len(vae.config.block_out_channels) - 1)
-    frames = crop_to_multiple(clip.frames, scale)  # (F, 3, H, W) in [0, 1], on CPU
+    frames = crop_to_multiple(clip.frames, scale)  # (F, 3, H, W) uint8 (or float in [0, 1]), on CPU
     key = latent_key(frames, str(components.sources.get("vae", components.sources.get("base", ""))),
                      next(vae.parameters()).dtype)
     fingerprint = _fingerprint(cfg, key, init_origin and init_origin["sha256"])

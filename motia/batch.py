@@ -264,9 +264,10 @@ def adapter_key(cfg: JobConfig, clip) -> str:
     if cfg.prompt.strip() == "auto":
         raise ValueError("adapter_key needs the resolved prompt: call motia.caption.resolve_prompt first")
     h = hashlib.sha256(json.dumps(adapter_recipe(cfg), sort_keys=True).encode())
-    frames = clip.frames.detach().cpu().float().contiguous()  # (F, 3, H, W)
-    h.update(str(tuple(frames.shape)).encode())
-    h.update(frames.numpy().tobytes())
+    from motia.video import hash_unit_frames
+
+    h.update(str(tuple(clip.frames.shape)).encode())
+    hash_unit_frames(h, clip.frames)
     return h.hexdigest()[:16]
 
 

@@ -192,10 +192,11 @@ def preview(cfg: JobConfig, out: str | None = None) -> Path:
 
     from .geometry import insertion_map, place_on_canvas
     from .utils import atomic_path
+    from .video import unit_frames
 
     clip = load_clip(cfg)
     mid = len(clip.frames) // 2
-    frame = clip.frames[mid : mid + 1]
+    frame = unit_frames(clip.frames[mid : mid + 1])
     canvas = plan(cfg, frame.shape[-2], frame.shape[-1])
     img = place_on_canvas(frame, canvas, fill=0.0)[0]  # (3, H, W)
     heat = insertion_map(canvas, cfg.sample.insertion.k)  # (H, W), 1 on the known box

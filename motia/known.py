@@ -147,7 +147,10 @@ def frame_reader(frames: torch.Tensor, cache_mb: float = 256) -> Callable[[int],
     from motia.propagate import FrameCache
 
     def read(i: int) -> np.ndarray:
-        return frames[i].mul(255.0).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+        frame = frames[i]  # (C, h, w): uint8 as a clip holds it, or float in [0, 1]
+        if frame.dtype != torch.uint8:
+            frame = frame.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
+        return frame.permute(1, 2, 0).contiguous().numpy()
 
     return FrameCache(read, int(cache_mb * (1 << 20)))
 

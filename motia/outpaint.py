@@ -106,13 +106,14 @@ def encode_known(vae, source: torch.Tensor, canvas, chunk: int) -> torch.Tensor:
     discards them). With an 8-aligned box the box's cells are exactly ``encode(source)``.
     """
     from motia.geometry import grid_box, pad_to_grid
+    from motia.video import unit_frames
 
     scale = 2 ** (len(vae.config.block_out_channels) - 1)
     h, w = canvas.latent_size(scale)
     top, left, bottom, right = (v // scale for v in grid_box(canvas, scale))
     out = torch.zeros(source.shape[0], vae.config.latent_channels, h, w)  # (F, 4, h, w)
     for i in range(0, source.shape[0], chunk):
-        z = encode_frames(vae, pad_to_grid(source[i : i + chunk], canvas, scale), chunk)  # (n, 4, gh, gw)
+        z = encode_frames(vae, pad_to_grid(unit_frames(source[i : i + chunk]), canvas, scale), chunk)  # (n, 4, gh, gw)
         out[i : i + z.shape[0], :, top:bottom, left:right] = z
     return out
 
@@ -130,6 +131,7 @@ def encode_known_frames(vae, source: torch.Tensor, canvas, chunk: int, prop) -> 
     """
     from motia.geometry import downsample_mask, latent_known_mask
     from motia.known import fill_unknown
+    from motia.video import unit_frames
 
     scale = 2 ** (len(vae.config.block_out_channels) - 1)
     h, w = canvas.latent_size(scale)
@@ -140,7 +142,7 @@ def encode_known_frames(vae, source: torch.Tensor, canvas, chunk: int, prop) -> 
     for i in range(0, len(todo), chunk):
         idx = todo[i : i + chunk]
         known = prop.known(idx)  # (n, 1, H, W)
-        pixels = fill_unknown(prop.image(source[idx], idx), known)  # (n, 3, H, W)
+        pixels = fill_unknown(prop.image(unit_frames(source[idx]), idx), known)  # (n, 3, H, W)
         z = encode_frames(vae, pixels, chunk)  # (n, 4, h, w)
         cells = downsample_mask(known[:, 0], h, w) * (1 - box_cells)  # (n, h, w): all known, not the source's own
         latents[idx] = torch.where(cells[:, None] > 0, z, latents[idx])
@@ -362,13 +364,14 @@ def outpaint(
     from motia.rau import active_at
     from motia.sampler import sample
     from motia.utils import peak_memory_bytes
+    from motia.video import unit_frames
     from motia.windows import temporal_windows
 
     t_start = time.perf_counter()
     s = cfg.sample
     device = components.device
     check_window(cfg, components.unet)
-    source = clip.frames  # (F, 3, h_src, w_src) in [0, 1], CPU
+    source = clip.frames  # (F, 3, h_src, w_src) uint8 (or float in [0, 1]), CPU: float slices by unit_frames
     num_frames = int(source.shape[0])
     canvas = plan(cfg, int(source.shape[2]), int(source.shape[3]))
     vae_scale = 2 ** (len(components.vae.config.block_out_channels) - 1)
@@ -407,8 +410,8 @@ def outpaint(
 
     def control(start: int, end: int) -> torch.Tensor:  # (f, 3, H, W), generated pixels = -1
         if filled:
-            return prop.control(source[start:end], range(start, end))
-        return make_control(place_on_canvas(source[start:end], canvas, 0.0), pixel_known)
+            return prop.control(unit_frames(source[start:end]), range(start, end))
+        return make_control(place_on_canvas(unit_frames(source[start:end]), canvas, 0.0), pixel_known)
 
     # --- schedule and initial noise (a private scheduler copy: the shared one keeps its state)
     scheduler = type(components.scheduler).from_config(components.scheduler.config)
@@ -481,11 +484,11 @@ def outpaint(
     for pixels in decode_latents(components.vae, latents, chunk):  # (n, 3, H, W)
         end = start + pixels.shape[0]
         if paste and filled:
-            frames_here = range(start, end)
-            pixels = paste_known(pixels, source[start:end], canvas, feather, known=prop.known(frames_here),
-                                 known_image=prop.image(source[start:end], frames_here))
+            frames_here, src = range(start, end), unit_frames(source[start:end])
+            pixels = paste_known(pixels, src, canvas, feather, known=prop.known(frames_here),
+                                 known_image=prop.image(src, frames_here))
         elif paste:
-            pixels = paste_known(pixels, source[start:end], canvas, feather)
+            pixels = paste_known(pixels, unit_frames(source[start:end]), canvas, feather)
         if sink is not None:
             t0 = time.perf_counter()
             sink(pixels)

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from motia.config import JobConfig
 from motia.errors import InputError
-from motia.video import X264_PRESETS, to_uint8
+from motia.video import X264_PRESETS, to_uint8, unit_frames
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ class OutputWriter:
             from motia.propagate import FrameCache
 
             if self.from_clip:
-                reader = FrameCache(lambda i: to_uint8(self._scaled(self.clip.frames[i : i + 1]))[0])
+                reader = FrameCache(lambda i: to_uint8(self._scaled(unit_frames(self.clip.frames[i : i + 1])))[0])
             else:
                 reader = self.ring = SourceRing(self.native, clip.num_frames, 2 * self.prop.params.radius + 1, run_dir,
                                                 self._scaled_u8, source=str(clip.source))
@@ -195,7 +195,7 @@ class OutputWriter:
     def _source(self, n: int) -> torch.Tensor:
         """The next ``n`` source frames, (n, 3, src_h, src_w) float in [0, 1] at the output scale."""
         if self.from_clip:
-            frames = self.clip.frames[self.count : self.count + n]  # (n, 3, h, w)
+            frames = unit_frames(self.clip.frames[self.count : self.count + n])  # (n, 3, h, w)
         else:
             got = list(itertools.islice(self.native, n))
             if len(got) < n:

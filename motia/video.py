@@ -1,7 +1,8 @@
 """Video I/O for the whole toolkit: probe, read (with frame selection and resizing), write mp4/gif/png.
 
 Conventions
-- A clip in memory is a torch float32 tensor ``(F, 3, H, W)`` with values in [0, 1].
+- A clip in memory (``Clip.frames``) is a torch uint8 tensor ``(F, 3, H, W)``, as decoded and
+  resized; the model works on float32 in [0, 1], taken slice by slice with ``unit_frames``.
 - ``to_uint8`` and the writers also take uint8 numpy arrays ``(F, H, W, 3)``: torch
   tensors are always channels-first, numpy arrays always channels-last.
 - Inputs: video files (mp4, mov, webm, mkv, avi, m4v, gif), a folder of images (sorted
@@ -93,7 +94,9 @@ class Clip:
     source's frame rate (``fps`` is the clip's own rate, ``source_fps / stride``).
     """
 
-    frames: torch.Tensor  # (F, 3, H, W) float32 in [0, 1]
+    # (F, 3, H, W) uint8 as read (a quarter of float32: long clips stay small); clips built by
+    # hand may hold float32 in [0, 1]. Consumers take float slices with ``unit_frames``.
+    frames: torch.Tensor
     fps: float
     source: Path
     frame_indices: list[int]
@@ -273,7 +276,7 @@ def _reason(e: BaseException) -> str:
 
 
 class _Converted:
-    """Decoded uint8 frames turned into float clip frames ``_CHUNK`` at a time: only one chunk is ever held at full size."""
+    """Decoded uint8 frames turned into clip frames ``_CHUNK`` at a time: only one chunk is ever held at full size."""
 
     def __init__(self, convert):
         self.convert, self.raw, self.out = convert, [], []
@@ -442,16 +445,41 @@ def resize_frames(frames: torch.Tensor, size: int | None, resize: str = "short_s
     return out.clamp_(0.0, 1.0)
 
 
-def _to_float_frames(frames: np.ndarray, size: int | None, resize: str) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> float32 (N, 3, H', W') in [0, 1], resized a few frames at a time."""
+def unit_frames(frames: torch.Tensor) -> torch.Tensor:
+    """Frames as float in [0, 1]: uint8 (clip frames as read) divided by 255, float frames as they are.
+
+    Take a slice first (``unit_frames(clip.frames[a:b])``): the whole clip in float32 is 4x
+    its uint8 size, which is what keeping it in uint8 avoids.
+    """
+    return frames.float().div_(255.0) if frames.dtype == torch.uint8 else frames
+
+
+def hash_unit_frames(h, frames: torch.Tensor, chunk: int = 16) -> None:
+    """Feed ``frames`` as float32 in [0, 1] (``unit_frames``) to the hash ``h``, a few frames at a time.
+
+    The digest is that of the whole float32 clip's bytes, so keys made before clips were
+    kept in uint8 still match, without the whole clip ever being float at once.
+    """
+    for i in range(0, frames.shape[0], chunk):
+        h.update(unit_frames(frames[i : i + chunk].detach().cpu()).float().contiguous().numpy().tobytes())
+
+
+def _clip_frames(frames: np.ndarray, size: int | None, resize: str) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> uint8 (N, 3, H', W'), resized (in float, a few frames at a time) and rounded back.
+
+    Rounding the resized frames to uint8 moves them by at most half a level, what any
+    resized video written to disk carries; the clip then takes a quarter of float32's memory.
+    """
     n, height, width = frames.shape[:3]
     h, w = target_size(height, width, size, resize)
-    out = torch.empty((n, 3, h, w), dtype=torch.float32)
+    if (h, w) == (height, width):
+        return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).contiguous()
+    out = torch.empty((n, 3, h, w), dtype=torch.uint8)
     step = max(1, _FLOAT_BYTES // (height * width * 3 * 4))  # the full-size float copy stays small
     for i in range(0, n, step):
         chunk = torch.from_numpy(np.ascontiguousarray(frames[i : i + step]))  # (n, H, W, 3)
         chunk = chunk.permute(0, 3, 1, 2).float().div_(255.0)  # (n, 3, H, W)
-        out[i : i + step] = resize_frames(chunk, size, resize)
+        out[i : i + step] = resize_frames(chunk, size, resize).mul_(255.0).round_().clamp_(0, 255).to(torch.uint8)
     return out
 
 
@@ -484,7 +512,7 @@ def read_video(
     sel = _Selection(start, stride, max_frames)
 
     def convert(raw: np.ndarray) -> torch.Tensor:  # a decoded chunk, resized at once: the full size never piles up
-        return _to_float_frames(raw, size, resize)
+        return _clip_frames(raw, size, resize)
 
     try:
         if kind == "video":

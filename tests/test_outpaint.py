@@ -9,6 +9,7 @@ import torch
 
 from motia.config import load_config
 from motia.errors import ConfigError
+from motia.video import unit_frames
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 CHEAP = [  # small and fast, every piece on: 2 steps, guidance on step 0, one regret repeat, windows 16/4
@@ -97,7 +98,7 @@ def test_every_frame_is_outpainted_for_any_length(num_frames, clip_file, compone
 
 def test_known_region_is_the_input_and_seed_decides(baseline, clip_file, components):
     cfg, first = baseline
-    source = load(cfg).frames
+    source = unit_frames(load(cfg).frames)
     assert torch.equal(box(first.frames, first.canvas), source)  # pasted back bit for bit
     calls = []
     hook = unet_batches(components, calls)
@@ -119,7 +120,7 @@ def test_without_paste_the_known_latents_are_the_source_latents(baseline, clip_f
 
     cfg = make_cfg(clip_file, "video.max_frames=7", "output.paste=false")
     result = run(cfg, components)
-    source = load(cfg).frames
+    source = unit_frames(load(cfg).frames)
     mask = latent_known_mask(result.canvas).bool()  # (h, w)
     assert mask.any() and not mask.all()
     # An 8-aligned box (32x32 source at left 8 of 48): its cells are encode(source) alone, exactly,

@@ -21,6 +21,7 @@ from motia.video import (
     side_by_side,
     target_size,
     to_uint8,
+    unit_frames,
     write_frames,
     write_gif,
     write_video,
@@ -62,10 +63,11 @@ def test_mp4_round_trip(mp4):
     info = probe_video(path)
     assert (info.num_frames, info.fps, info.width, info.height, info.has_audio) == (12, 8.0, 64, 48, False)
     clip = read_video(path)
-    assert clip.frames.shape == src.shape and clip.frames.dtype == torch.float32
+    assert clip.frames.shape == src.shape and clip.frames.dtype == torch.uint8  # a quarter of float32
     assert clip.fps == 8.0 and clip.frame_indices == list(range(12))
-    assert 0.0 <= clip.frames.min() and clip.frames.max() <= 1.0
-    assert (clip.frames - src).abs().mean() < 0.02
+    frames = unit_frames(clip.frames)
+    assert frames.dtype == torch.float32 and 0.0 <= frames.min() and frames.max() <= 1.0
+    assert (frames - src).abs().mean() < 0.02
 
 
 @pytest.mark.parametrize("backend", ["decord", "pyav", "imageio"])
@@ -104,7 +106,7 @@ def test_gif_round_trip(tmp_path):
     write_gif(tmp_path / "a.gif", src, fps=10)
     clip = read_video(tmp_path / "a.gif")
     assert clip.frames.shape == (6, 3, 30, 40) and clip.fps == pytest.approx(10.0)
-    assert (clip.frames - src).abs().mean() < 0.03  # palette quantisation
+    assert (unit_frames(clip.frames) - src).abs().mean() < 0.03  # palette quantisation
     assert read_video(tmp_path / "a.gif", backend="imageio").frames.shape == (6, 3, 30, 40)
 
 
@@ -114,7 +116,7 @@ def test_png_folder_round_trip_is_exact(tmp_path):
     assert sorted(p.name for p in (tmp_path / "frames").iterdir())[0] == "frame_00000.png"
     clip = read_video(tmp_path / "frames", start=1)
     assert clip.frame_indices == [1, 2, 3, 4]
-    assert torch.equal(clip.frames, torch.from_numpy(to_uint8(src[1:])).permute(0, 3, 1, 2).float() / 255)
+    assert torch.equal(clip.frames, torch.from_numpy(to_uint8(src[1:])).permute(0, 3, 1, 2))
     # writing again replaces the folder as a whole
     write_frames(tmp_path / "frames", src[:2])
     assert len(list((tmp_path / "frames").iterdir())) == 2
@@ -129,7 +131,7 @@ def test_image_folder_natural_sort_and_single_image(tmp_path):
             Image.fromarray(np.full((8, 12, 3), value, np.uint8)).save(tmp_path / name, quality=100)
     clip = read_video(tmp_path)
     assert clip.frames.shape == (3, 3, 8, 12)
-    means = (clip.frames.mean(dim=(1, 2, 3)) * 255).tolist()
+    means = clip.frames.float().mean(dim=(1, 2, 3)).tolist()
     assert means == pytest.approx([50, 100, 200], abs=2)
     single = read_video(tmp_path / "frame10.png", size=4)
     assert single.frames.shape == (1, 3, 4, 6) and single.frame_indices == [0]
@@ -142,7 +144,7 @@ def test_aspect_keeping_resize_on_odd_sizes(tmp_path):
     assert read_video(tmp_path / "odd", size=48, resize="long_side").frames.shape == (3, 3, 30, 48)
     assert read_video(tmp_path / "odd", size=32, resize="none").frames.shape == (3, 3, 61, 97)
     assert target_size(97, 61, 32) == (51, 32)
-    small = read_video(tmp_path / "odd", size=32).frames
+    small = unit_frames(read_video(tmp_path / "odd", size=32).frames)
     ref = torch.nn.functional.interpolate(src, size=(32, 51), mode="area")
     assert (small - ref).abs().mean() < 0.02  # a resize of the same picture, not garbage
 
@@ -152,7 +154,7 @@ def test_odd_size_mp4_is_padded_by_replication(tmp_path):
     write_video(tmp_path / "odd.mp4", src, fps=5)
     info = probe_video(tmp_path / "odd.mp4")
     assert (info.width, info.height, info.num_frames, info.fps) == (98, 62, 4, 5.0)
-    back = read_video(tmp_path / "odd.mp4").frames
+    back = unit_frames(read_video(tmp_path / "odd.mp4").frames)
     assert (back[..., :61, :97] - src).abs().mean() < 0.02
     assert (back[..., -1] - back[..., -2]).abs().mean() < 0.02  # replicated column, not black
     assert (back[..., -1, :] - back[..., -2, :]).abs().mean() < 0.02
@@ -360,8 +362,8 @@ def test_read_video_never_holds_the_full_size_clip(tmp_path, monkeypatch, backen
         pytest.importorskip("decord", reason="decord has no wheel for this platform")
     path = write_video(tmp_path / "c.mp4", smooth_frames(40, 48, 64), fps=8)  # decord fails on 48 px wide frames
     seen = []
-    convert = V._to_float_frames
-    monkeypatch.setattr(V, "_to_float_frames", lambda raw, *a: seen.append(len(raw)) or convert(raw, *a))
+    convert = V._clip_frames
+    monkeypatch.setattr(V, "_clip_frames", lambda raw, *a: seen.append(len(raw)) or convert(raw, *a))
     clip = read_video(path, size=16, backend=backend)
     assert clip.frames.shape == (40, 3, 16, 21)
     assert sum(seen) == 40 and max(seen) <= V._CHUNK  # decoded frames are resized a chunk at a time
