@@ -299,11 +299,16 @@ def test_rau_and_channels_last_run_deterministic_and_leave_nothing(baseline, cli
 
 
 @pytest.mark.slow
-def test_compiled_unet_matches_eager_and_is_undone(baseline, components):
-    cfg = baseline[0].model_copy(update={"sample": baseline[0].sample.model_copy(update={"compile": True})})
-    out = run(cfg, components)
-    torch.testing.assert_close(out.frames, baseline[1].frames, atol=1e-4, rtol=0)
+def test_compiled_unet_matches_eager_and_is_undone(clip_file, components):
+    # Plain sampling: inductor's fused kernels differ from eager by ~1e-6 per call, and on the random
+    # tiny weights guidance 7.5 with a guided regret repeat (the shared baseline) amplifies that to
+    # 0.06 in the frames (measured; 6e-4 without the repeat, 3e-5 plain), which says nothing of compile.
+    cfg = make_cfg(clip_file, "video.max_frames=7", *PLAIN)
+    eager = run(cfg, components)
+    out = run(cfg.model_copy(update={"sample": cfg.sample.model_copy(update={"compile": True})}), components)
+    torch.testing.assert_close(out.frames, eager.frames, atol=1e-4, rtol=0)
     assert "forward" not in components.unet.__dict__  # the eager forward is back
+    assert torch.equal(run(cfg, components).frames, eager.frames)
 
 
 def test_run_loads_the_models_once_and_matches_separate_stages(clip_file, tmp_path):
