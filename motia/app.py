@@ -120,7 +120,7 @@ class App:
         self.config_path = Path(config) if config is not None else REPO_CONFIGS / "tiny.yaml"
         self.data = apply_overrides(load_raw(self.config_path), list(overrides))
         self.source = str(self.config_path)
-        self.base = validate(self.data, self.source)  # a bad config or override fails at start, not on first use
+        self.base = validate(self.data, self.source, overrides=list(overrides))  # a bad config or override fails at start
         self.models = ModelCache()
         self._clip_lock = threading.Lock()
         self._clip_key = self._clip = None

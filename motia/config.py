@@ -468,35 +468,42 @@ def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     return keys
 
 
-def format_validation_error(err: ValidationError, source: str, model: type[BaseModel] = JobConfig) -> str:
-    """One line per problem, each naming the dotted key and the fix."""
+def format_validation_error(err: ValidationError, source: str, model: type[BaseModel] = JobConfig,
+                            overrides: Sequence[str] = ()) -> str:  # fmt: skip
+    """One line per problem, each naming the dotted key and the fix.
+
+    A key set by one of ``overrides`` (``key=value``) is blamed on that override, not on
+    ``source``: the file does not hold the bad value.
+    """
+    given = {item.partition("=")[0].strip(): item for item in overrides}
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        source_here = f"override {given[key]!r}" if key in given else source
         if e["type"] == "extra_forbidden":
             close = difflib.get_close_matches(key, _known_keys(model), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            lines.append(f"{source}: unknown key '{key}'{hint}")
+            lines.append(f"{source_here}: unknown key '{key}'{hint}")
         else:
             got = e.get("input")
             got_s = f" (got {got!r})" if not isinstance(got, dict) else ""
             msg = e["msg"].removeprefix("Value error, ")
-            lines.append(f"{source}: {key}: {msg}{got_s}")
+            lines.append(f"{source_here}: {key}: {msg}{got_s}")
     return "; ".join(lines)
 
 
-def validate(data: dict, source: str = "config", model: type[BaseModel] = JobConfig):
+def validate(data: dict, source: str = "config", model: type[BaseModel] = JobConfig, overrides: Sequence[str] = ()):
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, source, model)) from None
+        raise ConfigError(format_validation_error(err, source, model, overrides)) from None
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> JobConfig:
     """Load, merge (``extends``), override and validate a job config."""
     data = load_raw(path) if path is not None else {}
     source = str(path) if path is not None else "config"
-    return validate(apply_overrides(data, overrides), source)
+    return validate(apply_overrides(data, overrides), source, overrides=overrides)
 
 
 def dump_config(cfg: BaseModel, path: str | os.PathLike) -> Path:

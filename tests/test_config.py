@@ -70,6 +70,18 @@ def test_unknown_key_in_file_suggests(tmp_path):
         load_config(path)
 
 
+def test_a_bad_override_is_blamed_on_the_override_not_the_file(tmp_path):
+    path = write(tmp_path / "c.yaml", {"sample": {"steps": 4}})
+    with pytest.raises(ConfigError) as e:
+        load_config(path, ["sample.steps=abc", "sample.stepz=3"])
+    lines = str(e.value).split("; ")
+    assert lines[0].startswith("override 'sample.steps=abc': sample.steps: "), lines
+    assert lines[1].startswith("override 'sample.stepz=3': unknown key 'sample.stepz'"), lines
+    bad_file = write(tmp_path / "d.yaml", {"sample": {"steps": "abc"}})
+    with pytest.raises(ConfigError, match=rf"^{bad_file}: sample\.steps: "):
+        load_config(bad_file, ["seed=1"])
+
+
 def test_bad_yaml_and_missing_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("sample: [1, 2\n")
