@@ -295,6 +295,14 @@ class OutputConfig(_Section):
                     "veryslow"] = "medium"  # x264's speed/size trade-off
     fps: float | None = None  # default: the source fps / stride
 
+    @field_validator("height", "width")
+    @classmethod
+    def _even(cls, v):
+        # H.264 (4:2:0) frames have even sides: an odd size would be written one pixel larger.
+        if v is not None and v % 2:
+            raise ValueError(f"must be even (H.264 frames are): use {v - 1} or {v + 1}")
+        return v
+
 
 class CaptionSection(_Section):
     model: str = "Salesforce/blip-image-captioning-base"

@@ -82,6 +82,12 @@ def test_a_bad_override_is_blamed_on_the_override_not_the_file(tmp_path):
         load_config(bad_file, ["seed=1"])
 
 
+def test_odd_delivery_size_is_refused_with_the_even_neighbours():
+    with pytest.raises(ConfigError, match=r"output\.height: must be even \(H\.264 frames are\): use 1080 or 1082"):
+        load_config(None, ["output.height=1081"])
+    assert load_config(None, ["output.width=1920"]).output.width == 1920
+
+
 def test_bad_yaml_and_missing_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("sample: [1, 2\n")
