@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from motia.config import JobConfig
 from motia.errors import InputError
-from motia.video import X264_PRESETS, to_uint8, unit_frames
+from motia.video import X264_PRESETS, Finishing, to_uint8, unit_frames
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class SourceRing:
             self._file = None
 
 
-class OutputWriter:
+class OutputWriter(Finishing):
     """Writes the outputs of one run chunk by chunk; call it with each decoded chunk, then ``close()``.
 
     ``canvas`` is the model's canvas (what the chunks are on), ``out_canvas`` the
@@ -316,15 +316,6 @@ class OutputWriter:
         for writer in self.writers.values():
             writer.abort()
         self._close_sources()
-
-    def __enter__(self) -> "OutputWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def _frame_canvas(h: int, w: int):

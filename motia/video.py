@@ -806,7 +806,29 @@ def _x264_asm() -> str | None:
     return None
 
 
-class VideoWriter:
+class Finishing:
+    """Base of the writers whose files appear complete at ``close()`` or not at all (``abort()``).
+
+    As a context manager: ``close`` when the block succeeds, ``abort`` when it raises.
+    """
+
+    def close(self):
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class VideoWriter(Finishing):
     """An H.264 yuv420p BT.709 mp4 (or mov/mkv), written chunk by chunk and atomically, optionally with another file's audio.
 
     ``write(frames)`` takes torch (n, 3, H, W) float in [0, 1] or uint8, or numpy
@@ -944,15 +966,6 @@ class VideoWriter:
         if self._stack is not None:
             self._stack.__exit__(RuntimeError, RuntimeError("aborted"), None)  # removes the temporary file
 
-    def __enter__(self) -> "VideoWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-
 
 def write_video(
     path: str | Path,
@@ -981,7 +994,7 @@ def write_video(
     return writer.path
 
 
-class GifWriter:
+class GifWriter(Finishing):
     """A looping GIF written atomically at ``close()``: Pillow writes a GIF at once, so the frames (uint8) are kept until then.
 
     GIF delays are whole centiseconds; Pillow merges identical consecutive frames
@@ -1011,12 +1024,6 @@ class GifWriter:
     def abort(self) -> None:
         self.chunks = []
 
-    def __enter__(self) -> "GifWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self.close() if exc_type is None else self.abort()
-
 
 def write_gif(path: str | Path, frames: FrameSource, fps: float) -> Path:
     """Write a looping GIF atomically (real size kept); see ``GifWriter``."""
@@ -1026,7 +1033,7 @@ def write_gif(path: str | Path, frames: FrameSource, fps: float) -> Path:
     return writer.path
 
 
-class FrameWriter:
+class FrameWriter(Finishing):
     """PNGs frame_00000.png, ... written into ``folder`` chunk by chunk; the folder appears complete at ``close()`` or not at all."""
 
     def __init__(self, folder: str | Path):
@@ -1060,12 +1067,6 @@ class FrameWriter:
         if not self._done and self._stack is not None:
             self._stack.__exit__(RuntimeError, RuntimeError("aborted"), None)
         self._done = True
-
-    def __enter__(self) -> "FrameWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self.close() if exc_type is None else self.abort()
 
 
 def write_frames(folder: str | Path, frames: FrameSource) -> Path:
