@@ -279,7 +279,8 @@ def fill_unknown(image: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
     What the VAE encodes for a canvas that is part source, part propagated, part unknown:
     the same edge extension the source alone gets (``geometry.pad_to_grid``), so the fill
     invents no structure; only latent cells whose pixels are all known are used anyway.
-    Exact Euclidean nearest (OpenCV's labelled distance transform).
+    Nearest by OpenCV's labelled distance transform (its 5x5 mask: within a fraction of a
+    pixel of the exact Euclidean nearest, which is all the fill needs).
     """
     import cv2
 
@@ -323,7 +324,8 @@ def describe_propagation(cfg: JobConfig, frames: torch.Tensor, canvas: Canvas, s
         out["note"] = "nothing to fill: no other frame shows the new region (a still camera, or no matches)"
         out["coverage"] = "0 (propagation changes nothing)"
     else:
-        picked = sorted({round(i * (num_frames - 1) / max(1, sample - 1)) for i in range(min(sample, num_frames))})
+        n = min(sample, num_frames)
+        picked = sorted({round(i * (num_frames - 1) / max(1, n - 1)) for i in range(n)})
         stats = CoverageStats(canvas)
         for t in picked:
             stats.add(propagate_frame(t, read, motion, canvas, params).mask if reach[t] else

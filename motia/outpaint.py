@@ -642,7 +642,8 @@ def outpaint_from_config(
         check_adapter_fits(meta, cfg, clip, lora)
     check_propagation(cfg)
     # Propagation needs no model: it runs (numpy and OpenCV, which release the GIL) while the
-    # models load. If loading fails, it is told to stop at its next frame.
+    # models load. If loading fails, or Ctrl-C comes while loading or waiting, it is told to
+    # stop at its next frame (else leaving the pool would wait for the whole clip).
     cancel = threading.Event()
     with ThreadPoolExecutor(1, thread_name_prefix="motia-propagate") as pool:
         pending = pool.submit(propagate_clip, cfg, clip.frames, canvas, cancel=cancel)
@@ -651,13 +652,13 @@ def outpaint_from_config(
                 components = load_components(cfg.models, progress=progress)
             else:
                 components = models.get(cfg.models, progress=progress)
+            t_loaded = time.perf_counter()
+            if not pending.done():
+                log.info("models loaded; waiting for the pixel propagation (%d frames)", clip.num_frames)
+            propagation = pending.result()
         except BaseException:
             cancel.set()
             raise
-        t_loaded = time.perf_counter()
-        if not pending.done():
-            log.info("models loaded; waiting for the pixel propagation (%d frames)", clip.num_frames)
-        propagation = pending.result()
     t_propagated = time.perf_counter()
     # --overwrite of another config's run: none of its files may stay beside ours. Removed
     # before any new output exists, so nothing this run writes can be taken for the old one's.

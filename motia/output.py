@@ -181,7 +181,8 @@ class OutputWriter(Finishing):
         """One native uint8 (H, W, 3) frame at the output canvas's source size."""
         if frame.shape[:2] == (self.out.src_h, self.out.src_w):
             return frame
-        return to_uint8(self._scaled(torch.from_numpy(frame).permute(2, 0, 1)[None].float().div_(255.0)))[0]
+        # as_tensor copies a read-only array (PIL's), which from_numpy would warn about
+        return to_uint8(self._scaled(torch.as_tensor(np.array(frame)).permute(2, 0, 1)[None].float().div_(255.0)))[0]
 
     def _scaled(self, frames: torch.Tensor) -> torch.Tensor:
         """Source frames (n, 3, H, W) at the native size -> the output canvas's source size (a delivery size)."""

@@ -278,6 +278,46 @@ def test_info_and_preview_show_the_coverage(tmp_path, pan):
                                                               "note": "outpaint.propagate=off"}
 
 
+def test_info_samples_a_short_clip_evenly_to_its_last_frame(pan):
+    from motia.known import describe_propagation
+
+    short = as_clip(pan).frames[:5]
+    info = describe_propagation(make_cfg(), short, pan.canvas)
+    assert info["coverage"]["frames"] == "5 of 5 (evenly spaced)"  # was 3 of 5: frames 0-2 only
+
+
+def test_ctrl_c_while_waiting_for_the_propagation_stops_it(tmp_path, pan, monkeypatch):
+    """Ctrl-C after the models loaded: the propagation thread is told to stop, not waited for to the end."""
+    import signal
+    import threading
+    import time
+
+    import motia.known
+    from motia.job import ModelCache
+    from motia.outpaint import outpaint_from_config
+    from motia.video import write_frames
+
+    folder = write_frames(tmp_path / "pan", as_clip(pan).frames)
+    cfg = make_cfg(f"video.path={folder}", f"output.dir={tmp_path}")
+    models = ModelCache()
+    models.get(cfg.models)
+    real, seen = motia.known.propagate_clip, {}
+
+    def slow(*args, cancel=None, **kwargs):  # the real propagation, then 30 s more unless cancelled
+        result = real(*args, cancel=cancel, **kwargs)
+        seen["cancelled"] = cancel.wait(30)
+        return result
+
+    monkeypatch.setattr(motia.known, "propagate_clip", slow)
+    # A real SIGINT, as Ctrl-C sends: it interrupts the main thread's wait (interrupt_main would not).
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+    t0 = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        outpaint_from_config(cfg, progress=False, models=models)
+    assert time.perf_counter() - t0 < 15 and seen["cancelled"]
+    assert not (tmp_path / "pan").joinpath("outpaint.mp4").exists()
+
+
 def test_without_opencv_auto_runs_without_it_and_on_asks_for_it(tmp_path):
     code = (
         "import sys; sys.modules['cv2'] = None\n"
