@@ -154,6 +154,19 @@ class OutpaintConfig(_Section):
     def _on_off_are_words(cls, v):
         return {False: "off", True: "on"}.get(v, v) if isinstance(v, bool) else v  # YAML 1.1 reads on/off as booleans
 
+    @field_validator("aspect")
+    @classmethod
+    def _aspect_parses(cls, v):
+        if v is None:
+            return v
+        from motia.geometry import _parse_aspect  # lazily: the config module stays free of torch
+
+        try:
+            _parse_aspect(v)
+        except ConfigError as e:  # checked on load, not first when a stage plans the canvas
+            raise ValueError(str(e).removeprefix("outpaint.aspect: ")) from None
+        return v
+
     @field_validator("target_size")
     @classmethod
     def _two_ints(cls, v):
@@ -349,8 +362,13 @@ def read_yaml(path: Path) -> dict:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder; give one of its YAML files")
     try:
-        data = yaml_load(path.read_text()) or {}
+        data = yaml_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not text (a video or an image?); give a YAML config, and the "
+                          "clip as video.path=...") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

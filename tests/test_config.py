@@ -88,6 +88,21 @@ def test_odd_delivery_size_is_refused_with_the_even_neighbours():
     assert load_config(None, ["output.width=1920"]).output.width == 1920
 
 
+def test_a_folder_or_a_video_given_as_the_config_is_one_line(tmp_path):
+    with pytest.raises(ConfigError, match=r"is a folder; give one of its YAML files"):
+        load_config(tmp_path)
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(bytes(range(256)) * 8)  # not UTF-8
+    with pytest.raises(ConfigError, match=r"clip\.mp4 is not text .*video\.path="):
+        load_config(clip)
+
+
+def test_an_unparsable_aspect_fails_on_load():
+    with pytest.raises(ConfigError, match=r"outpaint\.aspect: cannot parse 'abc'"):
+        load_config(None, ["outpaint.aspect=abc"])
+    assert load_config(None, ["outpaint.aspect=9:16"]).outpaint.aspect == "9:16"
+
+
 def test_bad_yaml_and_missing_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("sample: [1, 2\n")
