@@ -808,9 +808,10 @@ def adapt_from_config(
 ) -> Path:
     """`motia adapt`: read the clip, load the models, train; returns the adapter path.
 
-    The clip is read first and the models loaded next, so a missing video, an empty
-    frame selection, an output folder of another config (unless ``overwrite``) or bad
-    model paths fail before anything is written. The models
+    The clip is read and its canvases planned first and the models loaded next, so a
+    missing video, an empty frame selection, a canvas that cannot be planned, an output
+    folder of another config (unless ``overwrite``) or bad model paths fail before
+    anything is written. The models
     are loaded on the accelerator's device (under ``accelerate launch`` that is the
     launcher's choice), or taken from ``models`` (a ``motia.job.ModelCache``) and
     handed back there released (``release``) for the next stage. Output:
@@ -819,9 +820,12 @@ def adapt_from_config(
     """
     from motia.caption import resolve_prompt
     from motia.models import load_components
-    from motia.planning import load_clip
+    from motia.planning import load_clip, native_size, plan, plan_output
 
     clip = load_clip(cfg)
+    # The canvases the adapter will outpaint: a config that cannot outpaint this clip (an
+    # unusable target_size, nothing to add) fails here, not after the training (`motia run`, batch).
+    plan_output(cfg, plan(cfg, clip.height, clip.width), *native_size(clip))
     prompt = resolve_prompt(cfg, clip)  # `prompt: auto` -> a caption of the middle frame
     if prompt != cfg.prompt:
         cfg = cfg.model_copy(update={"prompt": prompt})

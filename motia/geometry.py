@@ -211,8 +211,8 @@ def plan_canvas(
             raise ConfigError(f"outpaint.target_size must be [height, width] in pixels, got {target_size!r}") from None
         if th < src_h or tw < src_w:
             raise ConfigError(
-                f"outpaint.target_size {th}x{tw} is smaller than the source {src_h}x{src_w}; "
-                "it must be at least the source size in both dimensions"
+                f"outpaint.target_size [{th}, {tw}] ([height, width]) is smaller than the source "
+                f"(height {src_h}, width {src_w} at the model's scale); it must be at least that in both dimensions"
             )
         if (th, tw) == (src_h, src_w):
             raise ConfigError(f"outpaint.target_size {th}x{tw} equals the source size: nothing to outpaint")

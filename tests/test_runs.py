@@ -101,6 +101,15 @@ def test_demo_replaces_earlier_demo_runs_but_not_a_users_run(tmp_path, capsys):
     assert snapshot(run) == before
 
 
+@pytest.mark.parametrize("canvas", [["outpaint.target_size=[10,10]"], ["outpaint.left=0", "outpaint.right=0"]])
+def test_a_canvas_that_cannot_be_planned_fails_before_the_adaptation(tmp_path, capsys, canvas):
+    """`motia run` (and `adapt`) plan the canvases before training: nothing trained, nothing written."""
+    for verb in ("run", "adapt"):
+        rc, err = cli(capsys, verb, TINY, f"output.dir={tmp_path}", *FAST, *canvas)
+        assert rc == 2 and len(err) == 1 and err[0].startswith("error: outpaint"), err
+        assert not (tmp_path / "sample").exists(), verb
+
+
 def test_resume_with_more_steps_extends_a_finished_run(tmp_path, capsys, caplog):
     out = tmp_path / "out"
     folder = out / "sample" / "adapter"
