@@ -192,6 +192,8 @@ def expand_jobs(spec: BatchManifest, manifest: str | os.PathLike, overrides: Seq
     found: list[tuple[str, str, str, ClipEntry | None]] = []  # (path, name, source, entry)
     for i, entry in enumerate(spec.clips):
         path = _rel(entry.path, folder, always=True)
+        if ":" not in path.split("/")[0] and not Path(path).exists():  # a missing file is the manifest's error
+            raise ConfigError(f"{where}: clips.{i}: {path} does not exist (clip paths are relative to the manifest)")
         found.append((path, entry.name or _clip_name(path), f"clips.{i}", entry))
     listed = {p for p, *_ in found}
     for i, pattern in enumerate(spec.globs):

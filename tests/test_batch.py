@@ -269,6 +269,11 @@ def test_manifest_errors_name_the_key(tmp_path, capsys):
     nothing = _manifest(tmp_path, [], globs=["*.mov"])
     with pytest.raises(ConfigError, match=r"globs\.0: '\*\.mov' matches no file"):
         batch.expand_jobs(batch.load_manifest(nothing), nothing)
+    missing = _manifest(tmp_path, [{"path": "a.mp4"}, {"path": "gone.mp4"}])
+    assert cli_main(["batch", str(missing)]) == 2  # a missing clip is the manifest's error: nothing runs
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "clips.1" in err and "gone.mp4 does not exist" in err
+    assert not (tmp_path / "out").exists() and not list(tmp_path.rglob("batch_report*"))
 
 
 def test_clips_that_adapt_with_different_precision_are_refused_up_front(tmp_path, capsys):
