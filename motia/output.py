@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from motia.config import JobConfig
 from motia.errors import InputError
+from motia.runs import OUTPUT_FILES
 from motia.video import X264_PRESETS, Finishing, to_uint8, unit_frames
 
 log = logging.getLogger(__name__)
@@ -135,17 +136,18 @@ class OutputWriter(Finishing):
                 log.warning("output.fps=%s differs from the clip's %.3f fps: the audio would not line up, so it is dropped",
                             o.fps, clip.fps)
         self.writers = {}
+        files = {kind: run_dir / name for kind, name in OUTPUT_FILES.items()}
         if o.mp4:
-            self.writers["mp4"] = VideoWriter(run_dir / "outpaint.mp4", fps, crf=o.crf, preset=o.preset, **audio)
+            self.writers["mp4"] = VideoWriter(files["mp4"], fps, crf=o.crf, preset=o.preset, **audio)
         if o.gif:
-            self.writers["gif"] = GifWriter(run_dir / "outpaint.gif", fps)
+            self.writers["gif"] = GifWriter(files["gif"], fps)
         if o.frames:
-            self.writers["frames"] = FrameWriter(run_dir / "frames")
+            self.writers["frames"] = FrameWriter(files["frames"])
         if o.side_by_side:
             # A comparison preview: x264's veryfast at most (at 3840 px wide, medium buffers
             # about 1 GB of frames and takes twice as long for no visible gain here).
             preset = min(o.preset, PREVIEW_PRESET, key=X264_PRESETS.index)
-            self.writers["side_by_side"] = VideoWriter(run_dir / "side_by_side.mp4", fps, crf=o.crf, preset=preset,
+            self.writers["side_by_side"] = VideoWriter(files["side_by_side"], fps, crf=o.crf, preset=preset,
                                                        **audio)
         # Where the known pixels come from: the clip itself at the model's scale or when it was
         # read at its own size; else the source decoded again at its own size, a chunk at a time.

@@ -81,6 +81,15 @@ def _recorded(path: Path) -> dict | None:
         return None
 
 
+# The files outpainting writes in its run folder, by output kind (``output.mp4`` etc.).
+OUTPUT_FILES = {"mp4": "outpaint.mp4", "gif": "outpaint.gif", "frames": "frames", "side_by_side": "side_by_side.mp4"}
+
+
+def _unrecorded(run_dir: Path, cfg: JobConfig) -> list[str]:
+    """Files this run would write that exist in ``run_dir`` with no motia record beside them (a user's own)."""
+    return [name for kind, name in OUTPUT_FILES.items() if getattr(cfg.output, kind) and (run_dir / name).exists()]
+
+
 def _refuse(folder: Path, what: str, them: str, diffs: list[str], extra: str = "") -> None:
     shown = ", ".join(diffs[:4]) + (f" and {len(diffs) - 4} more" if len(diffs) > 4 else "")
     raise ConfigError(
@@ -102,6 +111,12 @@ def check_outpaint_folder(run_dir: str | os.PathLike, cfg: JobConfig, lora: str 
     run_dir = Path(run_dir)
     config, summary = run_dir / "config.yaml", run_dir / "summary.json"
     if not (config.is_file() or summary.is_file()):
+        theirs = _unrecorded(run_dir, cfg)
+        if theirs and not overwrite:  # not a motia run's: nothing says what made them
+            raise ConfigError(
+                f"{run_dir} already holds {', '.join(theirs)}, which no motia run recorded there; pass --overwrite "
+                "to replace them, or write elsewhere with output.name=NEW_NAME"
+            )
         return []
     old = _recorded(config)
     try:

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -108,6 +109,18 @@ def test_a_canvas_that_cannot_be_planned_fails_before_the_adaptation(tmp_path, c
         rc, err = cli(capsys, verb, TINY, f"output.dir={tmp_path}", *FAST, *canvas)
         assert rc == 2 and len(err) == 1 and err[0].startswith("error: outpaint"), err
         assert not (tmp_path / "sample").exists(), verb
+
+
+def test_a_users_own_file_in_the_run_folder_is_not_replaced(tmp_path, capsys):
+    run = tmp_path / "sample"
+    run.mkdir()
+    (run / "outpaint.mp4").write_bytes(b"the user's own video")
+    rc, err = cli(capsys, "outpaint", TINY, f"output.dir={tmp_path}", *FAST)
+    assert rc == 2 and len(err) == 1 and "outpaint.mp4, which no motia run recorded" in err[0], err
+    assert (run / "outpaint.mp4").read_bytes() == b"the user's own video" and sorted(os.listdir(run)) == ["outpaint.mp4"]
+    rc, err = cli(capsys, "outpaint", TINY, f"output.dir={tmp_path}", *FAST, "--overwrite")
+    assert rc == 0, err
+    assert (run / "outpaint.mp4").read_bytes() != b"the user's own video"
 
 
 def test_resume_with_more_steps_extends_a_finished_run(tmp_path, capsys, caplog):
