@@ -826,6 +826,10 @@ def adapt_from_config(
     # The canvases the adapter will outpaint: a config that cannot outpaint this clip (an
     # unusable target_size, nothing to add) fails here, not after the training (`motia run`, batch).
     plan_output(cfg, plan(cfg, clip.height, clip.width), *native_size(clip))
+    if cfg.adapt.init_lora:  # a missing or unreadable file fails before the models load (the header only)
+        from motia.lora_io import read_header_metadata
+
+        read_header_metadata(cfg.adapt.init_lora)
     prompt = resolve_prompt(cfg, clip)  # `prompt: auto` -> a caption of the middle frame
     if prompt != cfg.prompt:
         cfg = cfg.model_copy(update={"prompt": prompt})

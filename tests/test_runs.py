@@ -123,6 +123,18 @@ def test_a_users_own_file_in_the_run_folder_is_not_replaced(tmp_path, capsys):
     assert (run / "outpaint.mp4").read_bytes() != b"the user's own video"
 
 
+def test_a_missing_init_lora_fails_before_the_models_load(tmp_path, capsys, monkeypatch):
+    import motia.models
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the models were loaded before adapt.init_lora was checked")
+
+    monkeypatch.setattr(motia.models, "load_components", no_loading)
+    rc, err = cli(capsys, "adapt", TINY, f"output.dir={tmp_path}", *FAST, f"adapt.init_lora={tmp_path / 'nope.safetensors'}")
+    assert rc == 2 and len(err) == 1 and "nope.safetensors: LoRA file not found" in err[0], err
+    assert not (tmp_path / "sample").exists()
+
+
 def test_resume_with_more_steps_extends_a_finished_run(tmp_path, capsys, caplog):
     out = tmp_path / "out"
     folder = out / "sample" / "adapter"
