@@ -12,8 +12,14 @@ Model contract (built by the caller from the UNet, ControlNet and text embedding
         window  (start, end) frame range of x within the clip, to slice
                 per-frame inputs (control video, masks)
 
+With spatial tiles (``tiles``, ``motia.tiles``) x is one box's crop of the latents and
+cond["tile"] is its (top, left, bottom, right) in latent cells, to crop per-pixel
+inputs (control, LoRA insertion map); without tiles cond has no "tile" and x spans the
+whole canvas, exactly as before tiles existed.
+
 The pieces compose: ``cfg`` wraps the model call with classifier-free guidance,
-``windowed`` turns per-window calls into a whole-clip prediction, ``ddim_step``,
+``windowed`` turns per-window calls into a whole-clip prediction (``tiled`` per-box
+calls, window x tile, blended per latent cell), ``ddim_step``,
 ``renoise`` and ``known_blend`` move the latents, and ``regret_schedule`` lays the
 whole loop out as a flat list of moves between noise levels, so ``sample`` is a
 short loop whose number of model calls is known in advance.
@@ -27,15 +33,25 @@ from level i to level i + 1, i.e. to the next entry of ``timesteps``; for the
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
+from motia.tiles import Box, Tile, blend_boxes, boxes, check_tiling, crop, known_boxes
 from motia.windows import Window, blend_windows
 
 Denoise = Callable[[torch.Tensor, torch.Tensor, dict, Window], torch.Tensor]
 Move = tuple[int, int]  # (from level, to level): forward = denoise one step, backward = re-noise
+# How a step's model calls run: given the boxes and the call of one box, yield their
+# predictions in the boxes' order. The default calls them one after another; a sharded
+# run (several processes) calls its share and gathers the rest.
+RunBoxes = Callable[[Sequence[Box], Callable[[Box], torch.Tensor]], Iterable[torch.Tensor]]
+
+
+def run_in_order(run: Sequence[Box], call: Callable[[Box], torch.Tensor]) -> Iterator[torch.Tensor]:
+    """Call the boxes one after another, lazily (one box's activations alive at a time)."""
+    return (call(box) for box in run)
 
 
 def ddim_step(x: torch.Tensor, eps: torch.Tensor, alpha: torch.Tensor, alpha_next: torch.Tensor) -> torch.Tensor:
@@ -114,7 +130,10 @@ def cfg(denoise: Denoise, scale: float) -> Denoise:
 
 
 def windowed(
-    denoise: Denoise, windows: Sequence[Window] | None = None, weights_kind: str = "pyramid"
+    denoise: Denoise,
+    windows: Sequence[Window] | None = None,
+    weights_kind: str = "pyramid",
+    run_boxes: RunBoxes = run_in_order,
 ) -> Callable[[torch.Tensor, torch.Tensor, dict], torch.Tensor]:
     """Whole-clip eps from per-window model calls on x[:, :, s:e], blended per frame (float32).
 
@@ -123,12 +142,45 @@ def windowed(
     """
 
     def whole(x, t, cond):
-        num_frames = x.shape[2]
+        num_frames, (h, w) = x.shape[2], x.shape[-2:]
         wins = [(0, num_frames)] if windows is None else list(windows)
+        run = boxes(wins, [(0, 0, h, w)])
+        preds = run_boxes(run, lambda box: denoise(x[:, :, box.window[0] : box.window[1]], t, cond, box.window))
         if wins == [(0, num_frames)]:
-            return denoise(x, t, cond, wins[0]).float()
-        preds = (denoise(x[:, :, s:e], t, cond, (s, e)) for s, e in wins)  # (B, C, e-s, h, w) each
+            return next(iter(preds)).float()
         return blend_windows(preds, wins, num_frames, weights_kind)
+
+    return whole
+
+
+def tiled(
+    denoise: Denoise,
+    windows: Sequence[Window] | None,
+    tiles: Sequence[Tile],
+    weights_kind: str = "pyramid",
+    tile_weights: str = "gaussian",
+    skip: Callable[[Sequence[Box]], set[int]] = lambda run: set(),
+    run_boxes: RunBoxes = run_in_order,
+) -> Callable[[torch.Tensor, torch.Tensor, dict], torch.Tensor]:
+    """Whole-clip eps from per-box model calls (window x spatial tile), blended per latent cell (float32).
+
+    Each call sees ``x`` cropped to its box and ``cond["tile"]``; the predictions are
+    averaged with the product of the temporal and spatial weight profiles
+    (``motia.tiles.blend_boxes``). ``skip(boxes)`` names the boxes not to call (all
+    cells known: see ``motia.tiles``); it is asked once, on the first call.
+    """
+    skipped: set[int] | None = None
+
+    def whole(x, t, cond):
+        nonlocal skipped
+        num_frames, (h, w) = x.shape[2], x.shape[-2:]
+        check_tiling(tiles, h, w)
+        every = boxes([(0, num_frames)] if windows is None else windows, tiles)
+        if skipped is None:
+            skipped = skip(every)
+        run = [box for i, box in enumerate(every) if i not in skipped]
+        preds = run_boxes(run, lambda box: denoise(crop(x, box), t, {**cond, "tile": box.tile}, box.window))
+        return blend_boxes(preds, run, x.shape, weights_kind, tile_weights)
 
     return whole
 
@@ -164,7 +216,8 @@ def regret_schedule(num_steps: int, jump: int = 3, repeats: int = 0, fraction: f
 def count_model_calls(
     num_steps: int, num_windows: int = 1, *, jump: int = 3, repeats: int = 0, fraction: float = 0.5
 ) -> int:
-    """Model calls ``sample`` makes: forward moves x windows (a guided call is one doubled-batch call)."""
+    """Model calls ``sample`` makes: forward moves x boxes (``num_windows``: windows, or windows x tiles less the
+    skipped ones); a guided call is one doubled-batch call."""
     moves = regret_schedule(num_steps, jump, repeats, fraction)
     return sum(dst > src for src, dst in moves) * num_windows
 
@@ -179,6 +232,9 @@ def sample(
     cond: dict | None = None,
     windows: Sequence[Window] | None = None,
     weights_kind: str = "pyramid",
+    tiles: Sequence[Tile] | None = None,
+    tile_weights: str = "gaussian",
+    run_boxes: RunBoxes = run_in_order,
     guidance_scale: float = 1.0,
     guidance_steps: int | None = None,
     known_latents: torch.Tensor | None = None,
@@ -204,6 +260,12 @@ def sample(
     dtype of ``latents``. Noise comes only
     from ``generator``. ``callback(i, total, latents)`` runs after each of the
     ``total`` model moves and must not modify the tensor.
+
+    ``tiles`` (latent-cell boxes covering the canvas, ``motia.tiles.spatial_tiles``) splits
+    every step's model calls into window x tile boxes blended per cell with
+    ``tile_weights``; boxes whose cells are all known are not called. None, or one tile
+    covering the canvas, is the untiled sampler exactly. ``run_boxes`` runs a step's calls
+    (default: in order, in this process).
     """
     timesteps = torch.as_tensor(timesteps)
     num_steps = len(timesteps)
@@ -226,7 +288,13 @@ def sample(
         raise ValueError("noise regret and the known-region blend draw noise: pass a torch.Generator")
     if known_noise is not None and tuple(known_noise.shape) != tuple(latents.shape):
         raise ValueError(f"known_noise must be shaped like latents {tuple(latents.shape)}, got {tuple(known_noise.shape)}")
-    eps_fn = windowed(cfg(denoise, guidance_scale), windows, weights_kind)
+    h, w = latents.shape[-2:]
+    guided_denoise = cfg(denoise, guidance_scale)
+    if tiles is None or [tuple(t) for t in tiles] == [(0, 0, h, w)]:
+        eps_fn = windowed(guided_denoise, windows, weights_kind, run_boxes)
+    else:
+        eps_fn = tiled(guided_denoise, windows, tiles, weights_kind, tile_weights,
+                       skip=lambda run: known_boxes(run, known_mask), run_boxes=run_boxes)
     base = dict(cond or {})
 
     x = latents.float()
