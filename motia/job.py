@@ -14,7 +14,7 @@ import yaml
 
 from .config import JobConfig
 from .errors import ConfigError
-from .planning import load_clip, plan, plan_output, upsampling_warning, video_path, work_estimate, wxh
+from .planning import load_clip, plan, plan_output, plan_stages, upsampling_warning, video_path, wxh
 
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -39,6 +39,36 @@ def describe_speedups(cfg: JobConfig, canvas) -> dict:
         "rau": (f"on for the first {rau.fraction:.0%} of the steps" if rau.enabled else "off")
         + f" (sample.rau.enabled={str(rau.enabled).lower()})",
     }
+
+
+def describe_stages(cfg: JobConfig, plan) -> dict:
+    """`motia info`'s stages: each one's canvas, scale, tiles and UNet calls; the refine's noise level and steps."""
+    from .planning import refine_schedule
+
+    coarse = plan.coarse
+    out = {}
+    for st in plan.stages:
+        c, work = st.canvas, st.work
+        row = {"canvas": wxh(c.width, c.height), "source_at_scale": wxh(c.src_w, c.src_h)}
+        if st.tiled:
+            t = cfg.sample.tiles
+            row["tiles"] = (f"{len(st.tiles)} of {t.size} px (overlap {t.overlap} px, {t.weights} weights); "
+                            f"{work['skipped_boxes']} window x tile boxes inside the source are skipped")
+        else:
+            row["tiles"] = "1 (the whole canvas)"
+        row["unet_calls"] = work["unet_calls"]
+        if st.name == "refine":
+            first, length = refine_schedule(cfg)
+            r = cfg.outpaint.refine
+            row["scale"] = f"{c.src_h / coarse.canvas.src_h:.2f}x the coarse canvas"
+            row["steps"] = f"{length - first} of {length} (strength {r.strength}, SDEdit from timestep index {first})"
+        out[st.name] = row
+    if plan.refine is None:
+        r = cfg.outpaint.refine
+        out["refine"] = (f"off (outpaint.refine.mode={r.mode}"
+                         + (f": the output is within {r.auto_ratio}x the coarse scale)" if r.mode == "auto" else
+                            ", or strength 0)"))  # fmt: skip
+    return out
 
 
 def describe(cfg: JobConfig) -> str:
@@ -83,7 +113,9 @@ def describe(cfg: JobConfig) -> str:
     from .known import describe_propagation
 
     out["propagation"] = describe_propagation(cfg, clip.frames, canvas)
-    out["work"] = work_estimate(cfg, f, canvas)
+    stages = plan_stages(cfg, clip)
+    out["stages"] = describe_stages(cfg, stages)
+    out["work"] = stages.coarse.work if stages.refine is None else {st.name: st.work for st in stages.stages}
     out["schedule"] = schedule_info(cfg)
     return yaml.safe_dump(out, sort_keys=False, width=1000)
 
@@ -111,7 +143,7 @@ PROPAGATED_RGB = (0.0, 1.0, 1.0)  # the preview's wash over pixels other frames 
 PROPAGATED_WASH = 0.3  # how much of it
 
 
-def _legend(width: int, k: float, lowest: float, propagated: str | None = None):
+def _legend(width: int, k: float, lowest: float, propagated: str | None = None, tiles: str | None = None):
     """A strip explaining the preview's colours: the known box, the propagated pixels, the tint scale of the insertion map."""
     import numpy as np
     import torch
@@ -123,6 +155,8 @@ def _legend(width: int, k: float, lowest: float, propagated: str | None = None):
     ]
     if propagated:
         lines.insert(1, propagated)
+    if tiles:
+        lines.append(tiles)
     size = 14
     font = _font(size)
     draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
@@ -220,8 +254,9 @@ def preview(cfg: JobConfig, out: str | None = None) -> Path:
     pic = Image.fromarray(arr).resize((canvas.width * scale, canvas.height * scale), Image.Resampling.NEAREST)
     ImageDraw.Draw(pic).rectangle([left * scale, top * scale, right * scale - 1, bottom * scale - 1],
                                   outline=(0, 255, 0), width=max(1, scale // 2))  # fmt: skip
+    tiles_note = _draw_tiles(pic, plan_stages(cfg, clip), canvas, scale)
     width = max(pic.width, PREVIEW_MIN_SIDE)  # a narrow (portrait) canvas still gets a readable legend
-    legend = _legend(width, cfg.sample.insertion.k, float(heat.min()), note)
+    legend = _legend(width, cfg.sample.insertion.k, float(heat.min()), note, tiles_note)
     sheet = Image.new("RGB", (width, pic.height + legend.height), (24, 24, 24))
     sheet.paste(pic, ((width - pic.width) // 2, 0))
     sheet.paste(legend, (0, pic.height))
@@ -229,6 +264,39 @@ def preview(cfg: JobConfig, out: str | None = None) -> Path:
     with atomic_path(path) as tmp:
         sheet.save(tmp, format="PNG")
     return path
+
+
+TILE_RGB = {"coarse": (255, 255, 255), "refine": (255, 210, 0)}
+
+
+def _tile_size(stage) -> str:
+    """A stage's tile size as people read it: the largest tile's W x H in the stage's pixels."""
+    h, w = stage.box
+    return f"{w}x{h}"
+
+
+def _draw_tiles(pic, plan, canvas, scale: int) -> str | None:
+    """Outline each tiled stage's spatial tiles on the preview (a refine stage's mapped box onto box); the legend line."""
+    from PIL import ImageDraw
+
+    draw = ImageDraw.Draw(pic)
+    notes = []
+    for st in plan.stages:
+        if not st.tiled:
+            continue
+        c = st.canvas
+        fy, fx = canvas.src_h / c.src_h, canvas.src_w / c.src_w  # stage pixels -> preview canvas pixels
+        for top, left, bottom, right in st.tiles:
+            y0 = canvas.top + (top * st.scale - c.top) * fy
+            y1 = canvas.top + (bottom * st.scale - c.top) * fy
+            x0 = canvas.left + (left * st.scale - c.left) * fx
+            x1 = canvas.left + (right * st.scale - c.left) * fx
+            draw.rectangle([round(x0 * scale), round(y0 * scale), round(x1 * scale) - 1, round(y1 * scale) - 1],
+                           outline=TILE_RGB[st.name], width=1)
+        colour = "white" if st.name == "coarse" else "yellow"
+        notes.append(f"{colour}: {st.name} tiles ({len(st.tiles)} of {_tile_size(st)} px on its "
+                     f"{c.width}x{c.height} canvas)")
+    return "; ".join(notes) or None
 
 
 class ModelCache:

@@ -50,7 +50,8 @@ from tqdm.auto import tqdm
 
 from motia.config import JobConfig
 from motia.errors import ConfigError, InputError
-from motia.vae import decode_latents, encode_frames, tiled, vae_scale  # noqa: F401  (decode_latents: public here)
+from motia.planning import OutpaintPlan, StagePlan
+from motia.vae import decode_latents, encode_frames, tiled, vae_scale
 
 log = logging.getLogger(__name__)
 
@@ -63,58 +64,6 @@ Control = torch.Tensor | Callable[..., torch.Tensor]
 
 
 @dataclass
-class StagePlan:
-    """One sampling stage, known before it runs: canvas, windows, tiles, schedule, work (``motia.planning``)."""
-
-    name: str  # "coarse" or "refine"
-    canvas: object  # motia.geometry.Canvas
-    windows: list  # [(start, end)] temporal windows
-    tiles: list  # [(top, left, bottom, right)] in latent cells; one covering the canvas = untiled
-    first_step: int  # index into the ``steps``-long DDIM schedule where the stage starts
-    steps: int  # the schedule's length
-    work: dict  # planning.work_estimate
-
-    @property
-    def tiled(self) -> bool:
-        h, w = self.canvas.latent_size(self.scale)
-        return [tuple(t) for t in self.tiles] != [(0, 0, h, w)]
-
-    @property
-    def box(self) -> tuple[int, int]:
-        """(H, W) pixels of the largest box one model call sees: the largest tile (the canvas when untiled)."""
-        return (max(b - t for t, _, b, _ in self.tiles) * self.scale,
-                max(r - left for _, left, _, r in self.tiles) * self.scale)
-
-    @property
-    def scale(self) -> int:
-        return self.work.get("vae_scale", 8)
-
-    def describe(self) -> dict:
-        """For summary.json: size, tiles, calls (seconds are added by the run)."""
-        c = self.canvas
-        return {"canvas": f"{c.width}x{c.height} (W x H)", "latent": self.work["latent"], "tiles": len(self.tiles),
-                "windows": len(self.windows), "steps": self.work["steps"], "unet_calls": self.work["unet_calls"],
-                "skipped_boxes": self.work["skipped_boxes"]}
-
-
-@dataclass
-class OutpaintPlan:
-    """The run's stages: the coarse one, and the refine one when ``outpaint.refine`` is on for this clip."""
-
-    num_frames: int
-    coarse: StagePlan
-    refine: StagePlan | None = None
-
-    @property
-    def stages(self) -> list[StagePlan]:
-        return [self.coarse] + ([self.refine] if self.refine is not None else [])
-
-    @property
-    def final(self) -> StagePlan:
-        return self.stages[-1]
-
-
-@dataclass
 class OutpaintResult:
     """What ``outpaint`` returns. ``frames`` is None when a ``sink`` consumed the decoded chunks."""
 
@@ -122,7 +71,7 @@ class OutpaintResult:
     latents: torch.Tensor  # (1, 4, F, h, w) float32 CPU, the clean sampled latents of the last stage
     canvas: object  # motia.geometry.Canvas of the coarse stage (the model's scale)
     timings: dict[str, float] = field(default_factory=dict)  # seconds: propagate, encode, sample, refine, decode, total
-    work: dict = field(default_factory=dict)  # the coarse stage's planning.work_estimate (plus "stages")
+    work: dict = field(default_factory=dict)  # the coarse stage's planning.work_estimate (each stage's: ``stages``)
     peak_memory: dict[str, int] = field(default_factory=dict)  # bytes: after sampling, at the end
     prompt: str = ""
     propagation: object | None = None  # motia.known.ClipPropagation (None only when built by hand)
@@ -349,28 +298,12 @@ def _refine_chunk(cfg: JobConfig, canvas) -> int:
 
 
 def plan_outpaint(cfg: JobConfig, components, clip) -> OutpaintPlan:
-    """Every stage's canvas, windows, tiles and schedule for ``clip``, from the config (no model runs)."""
-    from motia.planning import native_size, plan, plan_output, plan_refine, plan_tiles, refine_schedule, work_estimate
-    from motia.windows import temporal_windows
+    """Every stage's canvas, windows, tiles and schedule for ``clip`` (``planning.plan_stages``), checked against
+    the loaded models (the motion module's window limit, the VAE's scale)."""
+    from motia.planning import plan_stages
 
-    s = cfg.sample
     check_window(cfg, components.unet)
-    scale = vae_scale(components.vae)
-    num_frames = clip.num_frames
-    canvas = plan(cfg, clip.height, clip.width)
-    windows = temporal_windows(num_frames, s.window.frames, s.window.stride)
-    tiles = plan_tiles(cfg, canvas, scale)
-    coarse = StagePlan("coarse", canvas, windows, tiles, 0, s.steps,
-                       work_estimate(cfg, num_frames, canvas, tiles=tiles, scale=scale))
-    refine = None
-    first, length = refine_schedule(cfg)
-    native = native_size(clip) if clip.source is not None else (clip.height, clip.width)
-    refine_canvas = plan_refine(cfg, canvas, *native, plan_output(cfg, canvas, *native))
-    if refine_canvas is not None:
-        rtiles = plan_tiles(cfg, refine_canvas, scale)
-        refine = StagePlan("refine", refine_canvas, windows, rtiles, first, length,
-                           work_estimate(cfg, num_frames, refine_canvas, tiles=rtiles, stage="refine", scale=scale))
-    return OutpaintPlan(num_frames, coarse, refine)
+    return plan_stages(cfg, clip, vae_scale(components.vae))
 
 
 def sample_stage(
@@ -625,11 +558,11 @@ def outpaint(
     timings["total"] = t_end - t_start
     if sink is not None:
         timings["output"] = t_sink
-    stages = {st.name: {**st.describe(), "seconds": round(timings["sample" if st.name == "coarse" else "refine"], 3)}
-              for st in plan.stages}
+    stages = {st.name: {**st.describe(), "seconds": round(timings["sample" if st.name == "coarse" else "refine"], 3),
+                        "work": st.work} for st in plan.stages}
     return OutpaintResult(
         frames=frames, latents=latents.cpu(), canvas=coarse.canvas, timings=timings,
-        work={**coarse.work, "stages": {st.name: st.work for st in plan.stages}},
+        work=coarse.work,
         peak_memory={"sampling": peak_sampling, "total": peak_memory_bytes(components.device)},
         prompt=prompt, propagation=prop, final_canvas=plan.final.canvas, stages=stages,
     )

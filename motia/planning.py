@@ -7,10 +7,93 @@ imports only lower modules (config, geometry, video, sampler, windows), never a 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from .config import JobConfig
 from .errors import ConfigError, InputError
+
+
+@dataclass
+class StagePlan:
+    """One sampling stage, known before it runs: canvas, windows, tiles, schedule, work (``motia.planning``)."""
+
+    name: str  # "coarse" or "refine"
+    canvas: object  # motia.geometry.Canvas
+    windows: list  # [(start, end)] temporal windows
+    tiles: list  # [(top, left, bottom, right)] in latent cells; one covering the canvas = untiled
+    first_step: int  # index into the ``steps``-long DDIM schedule where the stage starts
+    steps: int  # the schedule's length
+    work: dict  # planning.work_estimate
+
+    @property
+    def tiled(self) -> bool:
+        h, w = self.canvas.latent_size(self.scale)
+        return [tuple(t) for t in self.tiles] != [(0, 0, h, w)]
+
+    @property
+    def box(self) -> tuple[int, int]:
+        """(H, W) pixels of the largest box one model call sees: the largest tile (the canvas when untiled)."""
+        return (max(b - t for t, _, b, _ in self.tiles) * self.scale,
+                max(r - left for _, left, _, r in self.tiles) * self.scale)
+
+    @property
+    def scale(self) -> int:
+        return self.work.get("vae_scale", 8)
+
+    def describe(self) -> dict:
+        """For summary.json: size, tiles, calls (seconds are added by the run)."""
+        c = self.canvas
+        return {"canvas": f"{c.width}x{c.height} (W x H)", "latent": self.work["latent"], "tiles": len(self.tiles),
+                "windows": len(self.windows), "steps": self.work["steps"], "unet_calls": self.work["unet_calls"],
+                "skipped_boxes": self.work["skipped_boxes"]}
+
+
+@dataclass
+class OutpaintPlan:
+    """The run's stages: the coarse one, and the refine one when ``outpaint.refine`` is on for this clip."""
+
+    num_frames: int
+    coarse: StagePlan
+    refine: StagePlan | None = None
+
+    @property
+    def stages(self) -> list[StagePlan]:
+        return [self.coarse] + ([self.refine] if self.refine is not None else [])
+
+    @property
+    def final(self) -> StagePlan:
+        return self.stages[-1]
+
+
+def plan_stages(cfg: JobConfig, clip, scale: int = 8) -> OutpaintPlan:
+    """Every sampling stage of outpainting ``clip``: the coarse one, and the refine one when it runs.
+
+    ``clip`` is the ``motia.video.Clip`` at the models' scale (``load_clip``); the native size
+    is probed from its file (or taken as the clip's own when it was built in memory).
+    """
+    from .windows import temporal_windows
+
+    s = cfg.sample
+    num_frames = clip.num_frames
+    canvas = plan(cfg, clip.height, clip.width)
+    windows = temporal_windows(num_frames, s.window.frames, s.window.stride)
+    tiles = plan_tiles(cfg, canvas, scale)
+    coarse = StagePlan("coarse", canvas, windows, tiles, 0, s.steps,
+                       work_estimate(cfg, num_frames, canvas, tiles=tiles, scale=scale))
+    refine_canvas = None
+    if cfg.outpaint.refine.mode != "off":
+        # a clip built in memory (no file behind it) is its own native size
+        native = native_size(clip) if clip.source is not None and Path(clip.source).exists() else (clip.height,
+                                                                                                     clip.width)
+        refine_canvas = plan_refine(cfg, canvas, *native, plan_output(cfg, canvas, *native))
+    if refine_canvas is None:
+        return OutpaintPlan(num_frames, coarse)
+    first, length = refine_schedule(cfg)
+    rtiles = plan_tiles(cfg, refine_canvas, scale)
+    refine = StagePlan("refine", refine_canvas, windows, rtiles, first, length,
+                       work_estimate(cfg, num_frames, refine_canvas, tiles=rtiles, stage="refine", scale=scale))
+    return OutpaintPlan(num_frames, coarse, refine)
 
 
 def video_path(cfg: JobConfig) -> Path:

@@ -1,0 +1,258 @@
+"""Coarse-to-fine outpainting (tiny bundle): the refine stage at the output's scale, in spatial tiles.
+
+Each box of a tiled stage must see its own crop of the control frames, of the LoRA's
+insertion map and of the latents its window attention partitions; the written frames
+keep the source's own pixels; strength 0 is the coarse result upsampled, bit for bit.
+"""
+
+import json
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from motia.config import load_config
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CHEAP = ["sample.steps=2", "sample.guidance_scale=1.0", "sample.regret.repeats=0", "outpaint.left=0",
+         "outpaint.right=0", "outpaint.propagate=off", "outpaint.refine.coarse_size=64", "outpaint.refine.steps=4",
+         "outpaint.refine.strength=0.5", "sample.tiles.size=256", "sample.tiles.overlap=64"]
+
+
+def pattern(num_frames, h, w):
+    """(F, 3, h, w) moving texture with edges, so a misplaced crop or paste shows."""
+    f = torch.arange(num_frames, dtype=torch.float32).view(-1, 1, 1, 1)
+    y = torch.linspace(0, 12, h).view(1, 1, -1, 1)
+    x = torch.linspace(0, 7, w).view(1, 1, 1, -1)
+    phase = torch.tensor([0.0, 2.0, 4.0]).view(1, 3, 1, 1)
+    return (0.5 + 0.35 * torch.sin(x * 1.3 + y + 0.4 * f + phase) + 0.1 * torch.sign(torch.sin(3 * x - y))).clamp(0, 1)
+
+
+def write_clip(path, num_frames, h, w):
+    from motia.video import write_video
+
+    return write_video(path, pattern(num_frames, h, w), fps=8)
+
+
+def make_cfg(video, *overrides):
+    return load_config(CONFIGS / "tiny.yaml", CHEAP + [f"video.path={video}", *overrides])
+
+
+def source_frames(path, n):
+    from motia.video import iter_frames, read_video
+
+    return np.stack(list(iter_frames(path, range(n), backend=read_video(path, max_frames=1).backend)))
+
+
+def png_frames(folder):
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.open(p)) for p in sorted(Path(folder).iterdir())])
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """A 96x160 (W x H) portrait clip of 3 frames: 16:9 writes 284x160, refined at 288x160 (2.5x the coarse)."""
+    return write_clip(tmp_path_factory.mktemp("refine") / "small.mp4", 3, 160, 96)
+
+
+def test_a_720p_portrait_to_16_9_is_refined_at_the_output_scale(tmp_path, components):
+    """Written at 2276x1280; the refine stage's UNet calls run on latents at that scale; the source kept exactly."""
+    from motia.outpaint import outpaint_from_config
+
+    clip = write_clip(tmp_path / "phone.mp4", 2, 1280, 720)
+    cfg = make_cfg(clip, "outpaint.aspect=16:9", f"output.dir={tmp_path}", "output.frames=true",
+                   "outpaint.refine.mode=on", "sample.tiles.size=512", "sample.tiles.overlap=128",
+                   "outpaint.refine.steps=2")
+    summary = outpaint_from_config(cfg, progress=False, models=_cache(components, cfg))
+    refine = summary["stages"]["refine"]
+    assert refine["canvas"] == "2280x1280 (W x H)" and refine["latent"] == "4x2x160x285 (C x F x H x W)"
+    assert refine["tiles"] > 1 and refine["unet_calls"] > 0
+    assert summary["output_canvas"]["width"] == 2276 and summary["output_canvas"]["height"] == 1280
+    frames = png_frames(Path(summary["outputs"]["frames"]))
+    assert frames.shape == (2, 1280, 2276, 3)
+    top, left, bottom, right = summary["output_canvas"]["box"]
+    assert np.array_equal(frames[:, top:bottom, left:right], source_frames(clip, 2))
+
+
+def _cache(components, cfg):
+    """A ModelCache holding the module's tiny components for this config's models (no second load)."""
+    from motia.job import ModelCache
+
+    cache = ModelCache()
+    real_get = cache.get
+
+    def get(models, device=None, progress=False):
+        if models == cfg.models:
+            return components
+        return real_get(models, device, progress)
+
+    cache.get = get
+    return cache
+
+
+def test_strength_zero_writes_the_coarse_result_upsampled_and_pasted_bit_for_bit(small, tmp_path, components):
+    from motia.geometry import paste_known, resample_canvas
+    from motia.outpaint import outpaint, outpaint_from_config
+    from motia.planning import load_clip, native_size, plan_output
+    from motia.video import to_uint8
+
+    cfg = make_cfg(small, "outpaint.aspect=16:9", f"output.dir={tmp_path}", "output.frames=true",
+                   "outpaint.refine.mode=on", "outpaint.refine.strength=0", "output.feather=0")
+    summary = outpaint_from_config(cfg, progress=False, models=_cache(components, cfg))
+    assert "refine" not in summary["stages"]
+    written = png_frames(Path(summary["outputs"]["frames"]))
+    # By hand: the coarse stage's frames, redrawn on the output canvas, the native source pasted.
+    clip = load_clip(cfg)
+    result = outpaint(cfg, components, clip, progress=False, paste=False)
+    out = plan_output(cfg, result.canvas, *native_size(clip))
+    native = torch.from_numpy(source_frames(small, clip.num_frames)).permute(0, 3, 1, 2).float() / 255
+    expected = to_uint8(paste_known(resample_canvas(result.frames, result.canvas, out), native, out, 0))
+    assert np.array_equal(written, expected)
+    assert result.canvas.height == 64  # the coarse canvas's short side is refine.coarse_size
+
+
+def test_refine_on_writes_the_source_pixels_and_differs_from_the_coarse_upsampling(small, tmp_path, components):
+    from motia.outpaint import outpaint_from_config
+
+    runs = {}
+    for strength in (0.0, 0.5):
+        cfg = make_cfg(small, "outpaint.aspect=16:9", f"output.dir={tmp_path / str(strength)}",
+                       "output.frames=true", f"outpaint.refine.strength={strength}")
+        runs[strength] = outpaint_from_config(cfg, progress=False, models=_cache(components, cfg))
+    refined = runs[0.5]
+    assert refined["stages"]["refine"]["canvas"] == "288x160 (W x H)"  # auto: 160 / 64 = 2.5 > 1.5
+    frames = png_frames(Path(refined["outputs"]["frames"]))
+    top, left, bottom, right = refined["output_canvas"]["box"]
+    assert np.array_equal(frames[:, top:bottom, left:right], source_frames(small, 3))
+    coarse = png_frames(Path(runs[0.0]["outputs"]["frames"]))
+    new = np.ones(frames.shape[1:3], bool)
+    new[top:bottom, left:right] = False
+    assert np.abs(frames[:, new].astype(int) - coarse[:, new]).mean() > 1  # the refine changed the new regions
+    saved = json.loads(Path(refined["outputs"]["summary"]).read_text())
+    assert saved["stages"]["refine"]["unet_calls"] == refined["stages"]["refine"]["unet_calls"] > 0
+    assert saved["stages"]["coarse"]["seconds"] >= 0 and saved["stages"]["refine"]["seconds"] > 0
+
+
+# ----------------------------------------------------------------------------- each box sees its own crop
+
+
+def _stage(components, cfg, canvas, tiles):
+    from motia.planning import StagePlan, work_estimate
+    from motia.windows import temporal_windows
+
+    windows = temporal_windows(4, 4, 4)
+    return StagePlan("refine", canvas, windows, tiles, 0, 2, work_estimate(cfg, 4, canvas, tiles=tiles))
+
+
+def _known(canvas, frames=4):
+    from motia.known import KnownFrames
+
+    src = pattern(frames, canvas.src_h, canvas.src_w)
+    return KnownFrames.at_model_scale(canvas, src)
+
+
+def _run_stage(components, cfg, stage, known, lora=None):
+    from motia.outpaint import sample_stage
+
+    g = torch.Generator().manual_seed(0)
+    h, w = stage.canvas.latent_size()
+    noise = torch.randn((1, 4, known.num_frames, h, w), generator=g)
+    text = (torch.zeros(1, 77, components.text_encoder.config.hidden_size),) * 2
+    return sample_stage(cfg, components, stage, known, text, noise, noise, generator=g, lora=lora)
+
+
+@pytest.fixture(scope="module")
+def tiled_setup(components):
+    from motia.geometry import Canvas
+    from motia.tiles import spatial_tiles
+
+    cfg = load_config(CONFIGS / "tiny.yaml", ["sample.steps=2", "sample.guidance_scale=1.0",
+                                              "sample.regret.repeats=0"])
+    canvas = Canvas(src_h=32, src_w=24, height=48, width=64, top=8, left=16)
+    tiles = spatial_tiles(6, 8, 4, 2)  # 4x4-cell tiles (32 px) over the 6x8 latent, overlapping by 2 cells
+    return cfg, canvas, _stage(components, cfg, canvas, tiles)
+
+
+def test_each_tile_gets_its_crop_of_the_control_frames(tiled_setup, components, monkeypatch):
+    cfg, canvas, stage = tiled_setup
+    known = _known(canvas)
+    seen = []
+    cn = components.controlnet
+    handle = cn.register_forward_pre_hook(lambda m, a, k: seen.append(k["controlnet_cond"].clone()), with_kwargs=True)
+    tiles_called = []
+    real = known.control
+
+    def control(frames, region=None):
+        tiles_called.append(region)
+        return real(frames, region)
+
+    monkeypatch.setattr(known, "control", control)
+    try:
+        _run_stage(components, cfg, stage, known)
+    finally:
+        handle.remove()
+    full = real(range(4))  # (4, 3, 48, 64)
+    assert len(seen) == len(tiles_called) == 2 * len(stage.tiles)
+    for region, ctl in zip(tiles_called, seen):
+        top, left, bottom, right = region
+        assert torch.equal(ctl, full[:, :, top:bottom, left:right])  # the tile's own pixels, -1 where generated
+    known.close()
+
+
+def test_each_tile_gets_its_crop_of_the_insertion_map(tiled_setup, components, tmp_path):
+    from motia.geometry import insertion_map
+    from motia.lora import _adapter_parameters, add_lora, remove_lora, save_lora
+    from motia.outpaint import _attach_lora
+
+    cfg, canvas, stage = tiled_setup
+    unet = components.unet
+    add_lora(unet, "temporal", rank=4, alpha=4)
+    g = torch.Generator().manual_seed(0)
+    for name, p in sorted(_adapter_parameters(unet, "motia").items()):
+        if ".lora_B." in name:
+            p.data = torch.randn(p.shape, generator=g) * 0.5
+    path = save_lora(tmp_path / "a.safetensors", unet)
+    remove_lora(unet)
+    known = _known(canvas)
+    maps = []
+    with ExitStack() as stack:
+        lora = _attach_lora(cfg, components, canvas, path, stack)
+        hook = unet.register_forward_pre_hook(lambda m, a, k: maps.append(lora.scale_map.clone()), with_kwargs=True)
+        stack.callback(hook.remove)
+        _run_stage(components, cfg, stage, known, lora=lora)
+    full = insertion_map(canvas, cfg.sample.insertion.k)
+    assert len(maps) == 2 * len(stage.tiles)
+    for (top, left, bottom, right), m in zip(stage.tiles * 2, maps):
+        assert torch.equal(m, full[top * 8 : bottom * 8, left * 8 : right * 8])
+    known.close()
+
+
+def test_window_attention_partitions_each_tiles_own_latent(tiled_setup, components):
+    """The windows are laid over the tile's token grid (the call's latent), not the canvas's."""
+    from motia.attention import WindowAttnProcessor
+
+    cfg, canvas, stage = tiled_setup
+    cfg = cfg.model_copy(update={"sample": cfg.sample.model_copy(update={
+        "window_attention": cfg.sample.window_attention.model_copy(update={"enabled": True})})})
+    known = _known(canvas)
+    grids = []
+    real = WindowAttnProcessor.plan
+
+    def plan(self, hw, device):
+        grids.append((self.state.latent_hw, hw))
+        return real(self, hw, device)
+
+    WindowAttnProcessor.plan = plan
+    try:
+        _run_stage(components, cfg, stage, known)
+    finally:
+        WindowAttnProcessor.plan = real
+    tile_hw = {(b - t, r - left) for t, left, b, r in stage.tiles}
+    assert grids and {latent for latent, _ in grids} <= tile_hw
+    assert all(hw[0] <= latent[0] and hw[1] <= latent[1] for latent, hw in grids)
+    known.close()
