@@ -1,13 +1,15 @@
 """What a job config describes before any model runs: the clip, the model's canvas, the output canvas, the work.
 
 Both stages (adaptation reads the clip; outpainting plans its canvases and counts
-its work), the batch runner, the app and `motia info` take these from here. It
-imports only lower modules (config, geometry, video, sampler, windows), never a stage.
+its work), the batch runner, the app and `motia info` take these from here, the
+clip's shots too (``plan_shots``), so every stage treats the same cuts. It imports
+only lower modules (config, geometry, video, shots, sampler, windows), never a stage.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 from .config import JobConfig
 from .errors import ConfigError, InputError
@@ -37,6 +39,30 @@ def load_clip(cfg: JobConfig):
         video_path(cfg), start=v.start, max_frames=v.max_frames, stride=v.stride,
         size=None if v.resize == "none" else v.size, resize=v.resize,
     )
+
+
+def plan_shots(cfg: JobConfig, clip) -> list[int]:
+    """The clip's shots as first frames ``[0, ...]`` under ``video.shots``: detected (auto), one (off), or as listed.
+
+    A listed first frame beyond the clip's frames is a ConfigError naming ``video.shots``.
+    """
+    from .shots import check_shots, detect_shots
+
+    setting = cfg.video.shots
+    if setting == "off":
+        return [0]
+    if setting == "auto":
+        return detect_shots(clip.frames, fps=clip.fps or 25.0)
+    return check_shots(setting, clip.num_frames)
+
+
+def shots_argument(shots: Sequence[int]) -> dict:
+    """The ``shots=`` keyword for the pixel propagation (``motia.known``): given only when the clip has cuts.
+
+    A one-shot clip calls the propagation exactly as before shots existed, so its links (and
+    output) cannot change.
+    """
+    return {"shots": list(shots)} if len(shots) > 1 else {}
 
 
 def plan(cfg: JobConfig, src_h: int, src_w: int):
@@ -102,19 +128,20 @@ def plan_output(cfg: JobConfig, canvas, native_h: int, native_w: int):
     return scale_canvas(native, height, width)
 
 
-def work_estimate(cfg: JobConfig, num_frames: int, canvas) -> dict:
+def work_estimate(cfg: JobConfig, num_frames: int, canvas, shots: Sequence[int] | None = None) -> dict:
     """Frames, windows and model calls of an outpainting run, before it starts.
 
+    ``shots`` (``plan_shots``; default one shot) splits the temporal windows at the cuts.
     ``unet_calls`` counts UNetMotionModel calls (one per window per denoising move,
     regret repeats included; a guided call is one call on a doubled batch),
     ``guided_calls`` those with the doubled batch, ``unet_frames`` the frames all
     calls process (batch rows x window frames: the ControlNet runs once per such frame).
     """
     from .sampler import count_model_calls, regret_schedule
-    from .windows import temporal_windows
+    from .windows import shot_windows
 
     s = cfg.sample
-    windows = temporal_windows(num_frames, s.window.frames, s.window.stride)
+    windows = shot_windows(shots or [0], num_frames, s.window.frames, s.window.stride)
     regret = dict(jump=s.regret.jump, repeats=s.regret.repeats, fraction=s.regret.fraction)
     moves = [src for src, dst in regret_schedule(s.steps, **regret) if dst > src]  # each move's start level
     guided_moves = sum(src < s.guidance_steps for src in moves) if s.guidance_scale != 1 else 0
