@@ -14,7 +14,8 @@ import yaml
 
 from .config import JobConfig
 from .errors import ConfigError
-from .planning import load_clip, plan, plan_output, upsampling_warning, video_path, work_estimate, wxh
+from .planning import (load_clip, plan, plan_output, plan_shots, shots_argument, upsampling_warning, video_path,
+                       work_estimate, wxh)
 
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -41,8 +42,17 @@ def describe_speedups(cfg: JobConfig, canvas) -> dict:
     }
 
 
+def describe_shots(cfg: JobConfig, shots: list[int], num_frames: int) -> dict:
+    """The shots for `motia info`: how they were found, and each one's first frame and length."""
+    from .shots import describe_shots as each
+
+    setting = cfg.video.shots
+    how = {"auto": "detected (video.shots: auto)", "off": "one shot (video.shots: off)"}.get(setting, "as listed in video.shots")
+    return {"count": len(shots), "found": how, "shots": each(shots, num_frames)}
+
+
 def describe(cfg: JobConfig) -> str:
-    """`motia info`: the resolved config, device, source, canvas, speed-ups and work, as readable YAML.
+    """`motia info`: the resolved config, device, source, canvas, shots, speed-ups and work, as readable YAML.
 
     Device and precision go through the checks outpainting makes, so a CUDA setting on a
     machine without one fails here with the same one-line error.
@@ -79,11 +89,13 @@ def describe(cfg: JobConfig) -> str:
     warning = upsampling_warning(cfg, h, info.height)
     if warning:
         out["warnings"] = [warning]
+    shots = plan_shots(cfg, clip)
+    out["shots"] = describe_shots(cfg, shots, f)
     out["speedups"] = describe_speedups(cfg, canvas)
     from .known import describe_propagation
 
-    out["propagation"] = describe_propagation(cfg, clip.frames, canvas)
-    out["work"] = work_estimate(cfg, f, canvas)
+    out["propagation"] = describe_propagation(cfg, clip.frames, canvas, **shots_argument(shots))
+    out["work"] = work_estimate(cfg, f, canvas, shots)
     out["schedule"] = schedule_info(cfg)
     return yaml.safe_dump(out, sort_keys=False, width=1000)
 
@@ -159,8 +171,11 @@ def schedule_info(cfg: JobConfig) -> dict:
     return describe_schedule(scheduler, cfg.models.schedule, cfg.sample.steps)
 
 
-def _propagated_middle(cfg: JobConfig, frames, canvas, t: int):
-    """Frame t's propagated pixels on the canvas (``motia.propagate.Propagated``), or None when nothing runs."""
+def _propagated_middle(cfg: JobConfig, frames, canvas, t: int, shots: list[int]):
+    """Frame t's propagated pixels on the canvas (``motia.propagate.Propagated``), or None when nothing runs.
+
+    ``shots``: the clip's shots (``planning.plan_shots``); motion is linked within a shot only.
+    """
     from .known import frame_reader, skip_reason
 
     if skip_reason(cfg, canvas, int(frames.shape[0])) is not None:
@@ -169,7 +184,7 @@ def _propagated_middle(cfg: JobConfig, frames, canvas, t: int):
 
     motion_params, params = params_from_config(cfg.outpaint.propagation)
     read = frame_reader(frames)
-    motion = estimate_motion(read, int(frames.shape[0]), motion_params)
+    motion = estimate_motion(read, int(frames.shape[0]), motion_params, **shots_argument(shots))
     reach = reachable(motion, canvas, params)
     if not reach[t]:
         return None
@@ -204,7 +219,7 @@ def preview(cfg: JobConfig, out: str | None = None) -> Path:
     known = torch.zeros_like(heat, dtype=torch.bool)
     known[top:bottom, left:right] = True
     blended = torch.where(known, img, 0.35 * img + 0.65 * _overlay_color(heat))
-    prop = _propagated_middle(cfg, clip.frames, canvas, mid)
+    prop = _propagated_middle(cfg, clip.frames, canvas, mid, plan_shots(cfg, clip))
     note = None
     if prop is not None:
         from .propagate import frame_coverage

@@ -339,6 +339,7 @@ def outpaint(
     observe: Callable[[dict], None] | None = None,
     paste: bool | None = None,
     propagation=None,
+    shots=None,
 ) -> OutpaintResult:
     """Outpaint ``clip`` (a motia.video.Clip) onto the canvas the config plans, with an optional adapted LoRA.
 
@@ -356,16 +357,17 @@ def outpaint(
     ``observe`` sees every sampler move (``motia.sampler.sample``'s ``observe``: levels, eps, latents).
     ``propagation`` (a ``motia.known.ClipPropagation`` for this clip and canvas) is the
     pixel propagation already computed; by default it is computed here (``outpaint.propagate``).
+    ``shots`` (the shots' first frames; default ``planning.plan_shots``): no temporal window crosses a cut.
     """
     from motia.geometry import feather_pixels, known_mask, latent_known_mask, paste_known, place_on_canvas
     from motia.geometry import control_video as make_control
     from motia.known import propagate_clip
-    from motia.planning import plan, work_estimate
+    from motia.planning import plan, plan_shots, shots_argument, work_estimate
     from motia.rau import active_at
     from motia.sampler import sample
     from motia.utils import peak_memory_bytes
     from motia.video import unit_frames
-    from motia.windows import temporal_windows
+    from motia.windows import shot_windows
 
     t_start = time.perf_counter()
     s = cfg.sample
@@ -376,8 +378,9 @@ def outpaint(
     canvas = plan(cfg, int(source.shape[2]), int(source.shape[3]))
     vae_scale = 2 ** (len(components.vae.config.block_out_channels) - 1)
     h, w = canvas.latent_size(vae_scale)
-    windows = temporal_windows(num_frames, s.window.frames, s.window.stride)
-    work = work_estimate(cfg, num_frames, canvas)
+    shots = plan_shots(cfg, clip) if shots is None else list(shots)
+    windows = shot_windows(shots, num_frames, s.window.frames, s.window.stride)
+    work = work_estimate(cfg, num_frames, canvas, shots)
     if generator is None:
         generator = torch.Generator("cpu").manual_seed(cfg.seed)
     prompt = resolve_prompt(cfg, clip)
@@ -387,7 +390,7 @@ def outpaint(
     t_prop = time.perf_counter()
     prop = propagation
     if prop is None:
-        prop = propagate_clip(cfg, source, canvas, progress=show)
+        prop = propagate_clip(cfg, source, canvas, progress=show, **shots_argument(shots))
     elif prop.canvas != canvas or prop.num_frames != num_frames:
         raise ValueError(f"propagation is for {prop.num_frames} frames on {prop.canvas}, this run has "
                          f"{num_frames} on {canvas}")
@@ -620,13 +623,18 @@ def outpaint_from_config(
     from motia.lora import read_lora_metadata
     from motia.models import load_components
     from motia.output import OutputWriter
-    from motia.planning import load_clip, native_size, plan, plan_output, upsampling_warning
+    from motia.planning import load_clip, native_size, plan, plan_output, plan_shots, shots_argument, upsampling_warning
     from motia.runs import check_outpaint_folder
+    from motia.shots import describe_shots
     from motia.utils import peak_memory_bytes
 
     t0 = time.perf_counter()
     clip = load_clip(cfg)
     canvas = plan(cfg, clip.height, clip.width)  # geometry errors before the models load
+    shots = plan_shots(cfg, clip)  # one list for the windows and the propagation
+    if len(shots) > 1:
+        log.info("%d shots (video.shots=%s), first frames %s: each is windowed and propagated on its own",
+                 len(shots), "auto" if cfg.video.shots == "auto" else "listed", shots)
     native = native_size(clip)
     out_canvas = plan_output(cfg, canvas, *native)
     warning = upsampling_warning(cfg, clip.height, native[0])
@@ -646,7 +654,7 @@ def outpaint_from_config(
     # stop at its next frame (else leaving the pool would wait for the whole clip).
     cancel = threading.Event()
     with ThreadPoolExecutor(1, thread_name_prefix="motia-propagate") as pool:
-        pending = pool.submit(propagate_clip, cfg, clip.frames, canvas, cancel=cancel)
+        pending = pool.submit(propagate_clip, cfg, clip.frames, canvas, cancel=cancel, **shots_argument(shots))
         try:
             if models is None:
                 components = load_components(cfg.models, progress=progress)
@@ -671,7 +679,7 @@ def outpaint_from_config(
     # The outputs are written as the frames are decoded, pasted at the output scale.
     with OutputWriter(cfg, clip, canvas, out_canvas, run_dir, native, propagation=propagation) as writer:
         result = outpaint(cfg, components, clip, lora_path=lora, generator=generator, progress=progress,
-                          sink=writer, paste=False, callback=callback, propagation=propagation)
+                          sink=writer, paste=False, callback=callback, propagation=propagation, shots=shots)
     outputs = dict(writer.outputs)
     outputs["config"] = str(dump_config(cfg, run_dir / "config.yaml"))
     outputs["summary"] = str(run_dir / SUMMARY_FILE)
@@ -691,6 +699,7 @@ def outpaint_from_config(
         "native_size": list(native),
         "canvas": result.canvas.to_dict(),
         "output_canvas": out_canvas.to_dict(),
+        "shots": describe_shots(shots, clip.num_frames),
         "windows": result.work["windows"],
         "unet_calls": result.work["unet_calls"],
         "work": result.work,
