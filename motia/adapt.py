@@ -18,6 +18,13 @@ Decisions worth knowing:
   VAE), so a run and its resume see the same data; SD's own training samples the
   posterior, whose spread is tiny for SD's VAE.
 * A clip shorter than ``adapt.frames`` trains on all of its frames every step.
+* A clip with hard cuts (``video.shots``, ``motia.planning.plan_shots``) trains on windows
+  within one shot: each step first draws a shot, with a chance proportional to its
+  length (a frame uniform over the clip; the shot holding it), then every sample of
+  the step's batch takes its window inside that shot, so the batch's windows have one
+  length. A shot shorter than ``adapt.frames`` gives its whole length (a shorter
+  window, as a short clip does). A one-shot clip draws no shot: its draws are exactly
+  those of a clip without cuts. The adapter's metadata records the shots.
 * Frames are centre-cropped to a multiple of the VAE factor (8) before encoding;
   the masks are drawn at that pixel size.
 * Every random draw (window, mask, timestep, noise) comes from one CPU
@@ -37,6 +44,7 @@ Decisions worth knowing:
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import hashlib
 import json
@@ -45,7 +53,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -186,12 +194,25 @@ def encode_prompt(tokenizer, text_encoder, prompt: str, device) -> torch.Tensor:
     return text_encoder(ids.to(device))[0].float()
 
 
-def sample_window(num_frames: int, length: int, generator: torch.Generator) -> tuple[int, int]:
-    """A random [start, end) of ``length`` frames; the whole clip (no draw) when it is not longer."""
+def sample_window(num_frames: int, length: int, generator: torch.Generator, offset: int = 0) -> tuple[int, int]:
+    """A random [start, end) of ``length`` frames within ``[offset, offset + num_frames)`` (a shot; by default
+    the clip); the whole range (no draw) when it is not longer."""
     if num_frames <= length:
-        return 0, num_frames
-    start = int(torch.randint(0, num_frames - length + 1, (1,), generator=generator))
+        return offset, offset + num_frames
+    start = offset + int(torch.randint(0, num_frames - length + 1, (1,), generator=generator))
     return start, start + length
+
+
+def sample_shot(shots: Sequence[int], num_frames: int, generator: torch.Generator) -> tuple[int, int]:
+    """One shot's [start, end), drawn with a chance proportional to its length; the whole clip (no draw) for one shot.
+
+    ``shots`` are the shots' sorted first frames from 0 (``motia.shots``).
+    """
+    if len(shots) <= 1:
+        return 0, num_frames
+    frame = int(torch.randint(0, num_frames, (1,), generator=generator))
+    i = bisect.bisect_right(shots, frame) - 1  # the shot holding that frame
+    return int(shots[i]), int(shots[i + 1]) if i + 1 < len(shots) else num_frames
 
 
 def training_batch(
@@ -204,18 +225,21 @@ def training_batch(
     num_train_timesteps: int,
     generator: torch.Generator,
     device=None,
+    shots: Sequence[int] = (0,),
 ) -> dict[str, torch.Tensor]:
-    """Draw one step's data: per sample a window, a border mask; then timesteps and noise.
+    """Draw one step's data: a shot (``sample_shot``), per sample a window in it and a border mask; then timesteps and noise.
 
-    ``latents`` (F, 4, h, w) and ``frames`` (F, 3, H, W) (uint8, or float in [0, 1]) are the whole clip. Returns
+    ``latents`` (F, 4, h, w) and ``frames`` (F, 3, H, W) (uint8, or float in [0, 1]) are the whole clip,
+    ``shots`` its shots' first frames (one shot, ``(0,)``: no shot is drawn). Returns
     ``latents`` (B, 4, f, h, w), ``control`` (B*f, 3, H, W) with the border = -1, ``known``
     (B, H, W), ``t`` (B,) and ``noise`` (B, 4, f, h, w), on ``device``. The order of draws is
     fixed, so the generator state alone decides the batch.
     """
     H, W = frames.shape[-2:]
     lat, ctl, known = [], [], []
+    first, end = sample_shot(shots, frames.shape[0], generator)
     for _ in range(batch_size):
-        s, e = sample_window(frames.shape[0], window, generator)
+        s, e = sample_window(end - first, window, generator, offset=first)
         mask = sample_border_mask(H, W, mask_ranges, generator)  # (H, W), 1 = known
         lat.append(latents[s:e])  # (f, 4, h, w)
         ctl.append(control_video(unit_frames(frames[s:e]), mask))  # (f, 3, H, W)
@@ -350,16 +374,23 @@ def _load_trainable_state(model, path: Path) -> None:
             p.copy_(saved[n])
 
 
-def _fingerprint(cfg: JobConfig, clip_key: str, init_sha256: str | None = None) -> dict:
-    """What must match for a resume to continue the same run (``init_sha256``: the ``adapt.init_lora`` file's hash)."""
+def _fingerprint(cfg: JobConfig, clip_key: str, init_sha256: str | None = None, shots: Sequence[int] = (0,)) -> dict:
+    """What must match for a resume to continue the same run (``init_sha256``: the ``adapt.init_lora`` file's hash).
+
+    The shots count as resolved, not as ``video.shots`` says: they decide the windows drawn,
+    and a one-shot clip draws as before shots existed, so its older checkpoints still resume.
+    """
     d = cfg.to_dict()
     found = {
-        "seed": d["seed"], "prompt": d["prompt"], "models": d["models"], "video": d["video"],
+        "seed": d["seed"], "prompt": d["prompt"], "models": d["models"],
+        "video": {k: v for k, v in d["video"].items() if k != "shots"},
         "adapt": {k: v for k, v in d["adapt"].items() if k not in _RESUMABLE_CHANGES},
         "clip": clip_key,
     }
     if init_sha256 is not None:
         found["init_lora_sha256"] = init_sha256
+    if len(shots) > 1:
+        found["shots"] = list(shots)
     return found
 
 
@@ -432,11 +463,14 @@ def adapt(
     overwrite: bool = False,
     progress: bool = True,
     callback: Callable[[dict], None] | None = None,
+    shots: Sequence[int] | None = None,
 ) -> Path:
     """Train the clip's LoRA on ``components.unet`` and save ``<out_dir>/adapter.safetensors``; return its path.
 
     ``components`` is a ``motia.models`` bundle (the UNet comes back with the trained
-    LoRA attached); ``clip`` a ``motia.video.Clip``. ``resume`` continues from the newest
+    LoRA attached); ``clip`` a ``motia.video.Clip``; ``shots`` its shots' first frames
+    (default: ``video.shots`` resolved, ``motia.planning.plan_shots``), within which the
+    training windows are drawn. ``resume`` continues from the newest
     checkpoint in ``out_dir`` (the final step is checkpointed too, so a larger
     ``adapt.steps`` extends a finished run); otherwise the run starts afresh and old
     checkpoints there are removed, which ``out_dir`` holding the adapter or checkpoints
@@ -456,6 +490,8 @@ def adapt(
     from tqdm.auto import tqdm
 
     from motia import lora, lora_io
+    from motia.planning import plan_shots
+    from motia.shots import check_shots
 
     a = cfg.adapt
     out_dir = Path(out_dir)
@@ -490,6 +526,7 @@ def adapt(
         lora.resolve_targets(unet, a.lora.targets)  # a bad target pattern fails here, not after encoding
     if a.use_8bit_adam:
         make_optimizer([torch.nn.Parameter(torch.zeros(1))], a)  # fails clearly without bitsandbytes
+    shots = plan_shots(cfg, clip) if shots is None else check_shots(shots, clip.num_frames)
     main = solo or accelerator.is_main_process
     rng = TrainRNG(cfg.seed + (0 if solo else accelerator.process_index))
     together = contextlib.nullcontext if solo else accelerator.main_process_first
@@ -500,7 +537,7 @@ def adapt(
     frames = crop_to_multiple(clip.frames, scale)  # (F, 3, H, W) uint8 (or float in [0, 1]), on CPU
     key = latent_key(frames, str(components.sources.get("vae", components.sources.get("base", ""))),
                      next(vae.parameters()).dtype)
-    fingerprint = _fingerprint(cfg, key, init_origin and init_origin["sha256"])
+    fingerprint = _fingerprint(cfg, key, init_origin and init_origin["sha256"], shots)
     found = latest_checkpoint(ckpt_root) if resume and not solo else None
     if found is not None:
         folder, state = found
@@ -527,6 +564,7 @@ def adapt(
     batch_args = dict(
         window=a.frames, batch_size=a.batch_size, num_train_timesteps=noise_scheduler.config.num_train_timesteps,
         mask_ranges={side: tuple(r) for side, r in a.mask.model_dump().items()}, generator=rng.generator,
+        shots=shots,
     )
 
     # --- model: LoRA on the UNet, everything else frozen
@@ -657,6 +695,7 @@ def adapt(
             "lora_targets": len(targets),
             "init_lora": init_origin and init_origin["path"],
             "frames": [int(frames.shape[0]), int(frames.shape[2]), int(frames.shape[3])],
+            "shots": shots,
         }
         if main:
             metadata = {
@@ -666,6 +705,7 @@ def adapt(
                     "stride": cfg.video.stride, "max_frames": cfg.video.max_frames, "size": summary["frames"][1:],
                 },
                 "adapt": a.model_dump(mode="json"),
+                "shots": shots,  # first frames: the training windows stayed within these shots
                 "schedule": components.schedule,  # the noise schedule it was trained on (models.schedule)
                 "init_lora": init_origin,  # the LoRA it started from (None: a fresh init)
                 "seed": cfg.seed,

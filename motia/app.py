@@ -236,7 +236,7 @@ class App:
         cfg = self.config(ch)
         clip = self.clip(cfg)
         canvas = planning.plan(cfg, clip.height, clip.width)
-        work = planning.work_estimate(cfg, clip.num_frames, canvas)
+        work = planning.work_estimate(cfg, clip.num_frames, canvas, planning.plan_shots(cfg, clip))
         png = job.preview(self.keep_clip(cfg))
         return png, estimate_text(cfg, clip, canvas, work)
 

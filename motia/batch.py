@@ -261,7 +261,8 @@ def adapter_key(cfg: JobConfig, clip) -> str:
     """The adapter-cache key of this clip under this config (16 hex digits).
 
     ``clip`` is the ``motia.video.Clip`` read with the config's ``video`` section; its frames
-    (F, 3, H, W) are hashed as decoded. ``cfg.prompt`` must already be resolved (not "auto").
+    (F, 3, H, W) are hashed as decoded, and its shots (``video.shots`` resolved) when it has cuts.
+    ``cfg.prompt`` must already be resolved (not "auto").
     """
     if cfg.prompt.strip() == "auto":
         raise ValueError("adapter_key needs the resolved prompt: call motia.caption.resolve_prompt first")
@@ -270,6 +271,11 @@ def adapter_key(cfg: JobConfig, clip) -> str:
 
     h.update(str(tuple(clip.frames.shape)).encode())
     hash_unit_frames(h, clip.frames)
+    from motia.planning import plan_shots
+
+    shots = plan_shots(cfg, clip)
+    if len(shots) > 1:  # cuts change the training windows; one shot trains as before shots existed (same key)
+        h.update(f"shots {shots}".encode())
     return h.hexdigest()[:16]
 
 

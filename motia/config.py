@@ -105,6 +105,23 @@ class VideoConfig(_Section):
     stride: int = Field(1, ge=1)
     size: int | None = Field(512, ge=8)  # target length of the side chosen by `resize`
     resize: Literal["short_side", "long_side", "none"] = "short_side"
+    # Hard cuts (motia.shots): auto = detect them; off = the clip is one shot; or the shots' first
+    # frames, e.g. [0, 30, 76], counted in the frames used (after start/stride/max_frames). Temporal
+    # windows, adaptation's training windows and pixel propagation stay within a shot.
+    shots: Literal["auto", "off"] | list[int] = "auto"
+
+    @field_validator("shots", mode="before")
+    @classmethod
+    def _shots(cls, v):
+        if isinstance(v, bool):  # YAML 1.1 reads on/off as booleans
+            return "auto" if v else "off"
+        if v in ("auto", "off"):
+            return v
+        if not isinstance(v, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in v):
+            raise ValueError("must be auto, off, or a list of the shots' first frames such as [0, 30, 76]")
+        from motia.shots import normalize_shots  # lazily: the config module stays free of torch
+
+        return normalize_shots(v)
 
 
 class PropagationSection(_Section):

@@ -14,7 +14,8 @@ import yaml
 
 from .config import JobConfig
 from .errors import ConfigError
-from .planning import load_clip, plan, plan_output, plan_stages, upsampling_warning, video_path, wxh
+from .planning import (load_clip, plan, plan_output, plan_shots, plan_stages, shots_argument, upsampling_warning,
+                       video_path, wxh)
 
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -71,8 +72,17 @@ def describe_stages(cfg: JobConfig, plan) -> dict:
     return out
 
 
+def describe_shots(cfg: JobConfig, shots: list[int], num_frames: int) -> dict:
+    """The shots for `motia info`: how they were found, and each one's first frame and length."""
+    from .shots import describe_shots as each
+
+    setting = cfg.video.shots
+    how = {"auto": "detected (video.shots: auto)", "off": "one shot (video.shots: off)"}.get(setting, "as listed in video.shots")
+    return {"count": len(shots), "found": how, "shots": each(shots, num_frames)}
+
+
 def describe(cfg: JobConfig) -> str:
-    """`motia info`: the resolved config, device, source, canvas, speed-ups and work, as readable YAML.
+    """`motia info`: the resolved config, device, source, canvas, shots, speed-ups and work, as readable YAML.
 
     Device and precision go through the checks outpainting makes, so a CUDA setting on a
     machine without one fails here with the same one-line error.
@@ -109,11 +119,13 @@ def describe(cfg: JobConfig) -> str:
     warning = upsampling_warning(cfg, h, info.height)
     if warning:
         out["warnings"] = [warning]
+    shots = plan_shots(cfg, clip)
+    out["shots"] = describe_shots(cfg, shots, f)
     out["speedups"] = describe_speedups(cfg, canvas)
     from .known import describe_propagation
 
-    out["propagation"] = describe_propagation(cfg, clip.frames, canvas)
-    stages = plan_stages(cfg, clip)
+    out["propagation"] = describe_propagation(cfg, clip.frames, canvas, **shots_argument(shots))
+    stages = plan_stages(cfg, clip, shots=shots)
     out["stages"] = describe_stages(cfg, stages)
     out["work"] = stages.coarse.work if stages.refine is None else {st.name: st.work for st in stages.stages}
     out["schedule"] = schedule_info(cfg)
@@ -193,8 +205,11 @@ def schedule_info(cfg: JobConfig) -> dict:
     return describe_schedule(scheduler, cfg.models.schedule, cfg.sample.steps)
 
 
-def _propagated_middle(cfg: JobConfig, frames, canvas, t: int):
-    """Frame t's propagated pixels on the canvas (``motia.propagate.Propagated``), or None when nothing runs."""
+def _propagated_middle(cfg: JobConfig, frames, canvas, t: int, shots: list[int]):
+    """Frame t's propagated pixels on the canvas (``motia.propagate.Propagated``), or None when nothing runs.
+
+    ``shots``: the clip's shots (``planning.plan_shots``); motion is linked within a shot only.
+    """
     from .known import frame_reader, skip_reason
 
     if skip_reason(cfg, canvas, int(frames.shape[0])) is not None:
@@ -203,7 +218,7 @@ def _propagated_middle(cfg: JobConfig, frames, canvas, t: int):
 
     motion_params, params = params_from_config(cfg.outpaint.propagation)
     read = frame_reader(frames)
-    motion = estimate_motion(read, int(frames.shape[0]), motion_params)
+    motion = estimate_motion(read, int(frames.shape[0]), motion_params, **shots_argument(shots))
     reach = reachable(motion, canvas, params)
     if not reach[t]:
         return None
@@ -238,7 +253,8 @@ def preview(cfg: JobConfig, out: str | None = None) -> Path:
     known = torch.zeros_like(heat, dtype=torch.bool)
     known[top:bottom, left:right] = True
     blended = torch.where(known, img, 0.35 * img + 0.65 * _overlay_color(heat))
-    prop = _propagated_middle(cfg, clip.frames, canvas, mid)
+    shots = plan_shots(cfg, clip)
+    prop = _propagated_middle(cfg, clip.frames, canvas, mid, shots)
     note = None
     if prop is not None:
         from .propagate import frame_coverage
@@ -254,7 +270,7 @@ def preview(cfg: JobConfig, out: str | None = None) -> Path:
     pic = Image.fromarray(arr).resize((canvas.width * scale, canvas.height * scale), Image.Resampling.NEAREST)
     ImageDraw.Draw(pic).rectangle([left * scale, top * scale, right * scale - 1, bottom * scale - 1],
                                   outline=(0, 255, 0), width=max(1, scale // 2))  # fmt: skip
-    tiles_note = _draw_tiles(pic, plan_stages(cfg, clip), canvas, scale)
+    tiles_note = _draw_tiles(pic, plan_stages(cfg, clip, shots=shots), canvas, scale)
     width = max(pic.width, PREVIEW_MIN_SIDE)  # a narrow (portrait) canvas still gets a readable legend
     legend = _legend(width, cfg.sample.insertion.k, float(heat.min()), note, tiles_note)
     sheet = Image.new("RGB", (width, pic.height + legend.height), (24, 24, 24))

@@ -297,13 +297,13 @@ def _refine_chunk(cfg: JobConfig, canvas) -> int:
 # ----------------------------------------------------------------------------- the stages
 
 
-def plan_outpaint(cfg: JobConfig, components, clip) -> OutpaintPlan:
+def plan_outpaint(cfg: JobConfig, components, clip, shots=None) -> OutpaintPlan:
     """Every stage's canvas, windows, tiles and schedule for ``clip`` (``planning.plan_stages``), checked against
     the loaded models (the motion module's window limit, the VAE's scale)."""
     from motia.planning import plan_stages
 
     check_window(cfg, components.unet)
-    return plan_stages(cfg, clip, vae_scale(components.vae))
+    return plan_stages(cfg, clip, vae_scale(components.vae), shots)
 
 
 def sample_stage(
@@ -496,6 +496,7 @@ def outpaint(
     paste: bool | None = None,
     propagation=None,
     run_boxes=None,
+    shots=None,
 ) -> OutpaintResult:
     """Outpaint ``clip`` (a motia.video.Clip) onto the canvas the config plans, with an optional adapted LoRA.
 
@@ -514,19 +515,22 @@ def outpaint(
     ``propagation`` (a ``motia.known.ClipPropagation`` for this clip and coarse canvas) is
     the pixel propagation already computed; by default it is computed here.
     ``run_boxes`` runs each step's model calls (``motia.sampler.RunBoxes``; default: in order).
+    ``shots`` (the shots' first frames; default ``planning.plan_shots``): no temporal window crosses a cut.
     """
     from motia.known import KnownFrames
+    from motia.planning import plan_shots
     from motia.utils import peak_memory_bytes
 
     t_start = time.perf_counter()
-    plan = plan_outpaint(cfg, components, clip)
+    shots = plan_shots(cfg, clip) if shots is None else list(shots)
+    plan = plan_outpaint(cfg, components, clip, shots)
     coarse = plan.coarse
     generator = torch.Generator("cpu").manual_seed(cfg.seed) if generator is None else generator
     prompt = resolve_prompt(cfg, clip)
     show = progress and _is_main_process()
     timings: dict[str, float] = {}
 
-    prop, timings["propagate"] = _propagation(cfg, clip, coarse.canvas, propagation, show)
+    prop, timings["propagate"] = _propagation(cfg, clip, coarse.canvas, propagation, show, shots)
     text = encode_prompt(components, prompt, cfg.sample.negative_prompt)
     _log_plan(cfg, plan)
     bar, on_move, on_call = _progress(cfg, plan, show, callback)
@@ -568,14 +572,16 @@ def outpaint(
     )
 
 
-def _propagation(cfg: JobConfig, clip, canvas, given, show: bool):
-    """The clip's pixel propagation on the coarse canvas (computed here unless ``given``), and its seconds."""
+def _propagation(cfg: JobConfig, clip, canvas, given, show: bool, shots):
+    """The clip's pixel propagation on the coarse canvas (computed here unless ``given``; linked within each of
+    ``shots``), and its seconds."""
     from motia.known import propagate_clip
+    from motia.planning import shots_argument
 
     t0 = time.perf_counter()
     prop = given
     if prop is None:
-        prop = propagate_clip(cfg, clip.frames, canvas, progress=show)
+        prop = propagate_clip(cfg, clip.frames, canvas, progress=show, **shots_argument(shots))
     elif prop.canvas != canvas or prop.num_frames != clip.num_frames:
         raise ValueError(f"propagation is for {prop.num_frames} frames on {prop.canvas}, this run has "
                          f"{clip.num_frames} on {canvas}")
@@ -736,13 +742,19 @@ def outpaint_from_config(
     from motia.lora import read_lora_metadata
     from motia.models import load_components
     from motia.output import OutputWriter
-    from motia.planning import load_clip, native_size, plan, plan_output, plan_refine, upsampling_warning
+    from motia.planning import (load_clip, native_size, plan, plan_output, plan_refine, plan_shots, shots_argument,
+                                upsampling_warning)
     from motia.runs import check_outpaint_folder
+    from motia.shots import describe_shots
     from motia.utils import peak_memory_bytes
 
     t0 = time.perf_counter()
     clip = load_clip(cfg)
     canvas = plan(cfg, clip.height, clip.width)  # geometry errors before the models load
+    shots = plan_shots(cfg, clip)  # one list for the windows and the propagation
+    if len(shots) > 1:
+        log.info("%d shots (video.shots=%s), first frames %s: each is windowed and propagated on its own",
+                 len(shots), "auto" if cfg.video.shots == "auto" else "listed", shots)
     native = native_size(clip)
     out_canvas = plan_output(cfg, canvas, *native)
     final_canvas = plan_refine(cfg, canvas, *native, out_canvas) or canvas  # what the last stage samples on
@@ -763,7 +775,7 @@ def outpaint_from_config(
     # stop at its next frame (else leaving the pool would wait for the whole clip).
     cancel = threading.Event()
     with ThreadPoolExecutor(1, thread_name_prefix="motia-propagate") as pool:
-        pending = pool.submit(propagate_clip, cfg, clip.frames, canvas, cancel=cancel)
+        pending = pool.submit(propagate_clip, cfg, clip.frames, canvas, cancel=cancel, **shots_argument(shots))
         try:
             if models is None:
                 components = load_components(cfg.models, progress=progress)
@@ -788,7 +800,7 @@ def outpaint_from_config(
     # The outputs are written as the frames are decoded, pasted at the output scale.
     with OutputWriter(cfg, clip, final_canvas, out_canvas, run_dir, native, propagation=propagation) as writer:
         result = outpaint(cfg, components, clip, lora_path=lora, generator=generator, progress=progress,
-                          sink=writer, paste=False, callback=callback, propagation=propagation)
+                          sink=writer, paste=False, callback=callback, propagation=propagation, shots=shots)
     outputs = dict(writer.outputs)
     outputs["config"] = str(dump_config(cfg, run_dir / "config.yaml"))
     outputs["summary"] = str(run_dir / SUMMARY_FILE)
@@ -808,6 +820,7 @@ def outpaint_from_config(
         "native_size": list(native),
         "canvas": result.canvas.to_dict(),
         "output_canvas": out_canvas.to_dict(),
+        "shots": describe_shots(shots, clip.num_frames),
         "windows": result.work["windows"],
         "unet_calls": sum(st["unet_calls"] for st in result.stages.values()),
         # per stage (coarse, and refine when it ran): canvas, latent, tiles, windows, steps, UNet calls, seconds

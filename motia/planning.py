@@ -1,14 +1,17 @@
 """What a job config describes before any model runs: the clip, the model's canvas, the output canvas, the work.
 
 Both stages (adaptation reads the clip; outpainting plans its canvases and counts
-its work), the batch runner, the app and `motia info` take these from here. It
-imports only lower modules (config, geometry, video, sampler, windows), never a stage.
+its work), the batch runner, the app and `motia info` take these from here, the
+clip's shots too (``plan_shots``), so every stage treats the same cuts. It imports
+only lower modules (config, geometry, video, shots, sampler, windows), never a stage.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 from .config import JobConfig
 from .errors import ConfigError, InputError
@@ -25,6 +28,7 @@ class StagePlan:
     first_step: int  # index into the ``steps``-long DDIM schedule where the stage starts
     steps: int  # the schedule's length
     work: dict  # planning.work_estimate
+    shots: list = dataclasses.field(default_factory=lambda: [0])  # first frames of the shots (no window crosses a cut)
 
     @property
     def tiled(self) -> bool:
@@ -66,21 +70,23 @@ class OutpaintPlan:
         return self.stages[-1]
 
 
-def plan_stages(cfg: JobConfig, clip, scale: int = 8) -> OutpaintPlan:
+def plan_stages(cfg: JobConfig, clip, scale: int = 8, shots: Sequence[int] | None = None) -> OutpaintPlan:
     """Every sampling stage of outpainting ``clip``: the coarse one, and the refine one when it runs.
 
     ``clip`` is the ``motia.video.Clip`` at the models' scale (``load_clip``); the native size
     is probed from its file (or taken as the clip's own when it was built in memory).
+    ``shots`` (``plan_shots``, default: resolved here) split the temporal windows at the cuts.
     """
-    from .windows import temporal_windows
+    from .windows import shot_windows
 
     s = cfg.sample
     num_frames = clip.num_frames
+    shots = plan_shots(cfg, clip) if shots is None else list(shots)
     canvas = plan(cfg, clip.height, clip.width)
-    windows = temporal_windows(num_frames, s.window.frames, s.window.stride)
+    windows = shot_windows(shots, num_frames, s.window.frames, s.window.stride)
     tiles = plan_tiles(cfg, canvas, scale)
     coarse = StagePlan("coarse", canvas, windows, tiles, 0, s.steps,
-                       work_estimate(cfg, num_frames, canvas, tiles=tiles, scale=scale))
+                       work_estimate(cfg, num_frames, canvas, shots, tiles=tiles, scale=scale), shots)
     refine_canvas = None
     if cfg.outpaint.refine.mode != "off":
         # a clip built in memory (no file behind it) is its own native size
@@ -92,7 +98,8 @@ def plan_stages(cfg: JobConfig, clip, scale: int = 8) -> OutpaintPlan:
     first, length = refine_schedule(cfg)
     rtiles = plan_tiles(cfg, refine_canvas, scale)
     refine = StagePlan("refine", refine_canvas, windows, rtiles, first, length,
-                       work_estimate(cfg, num_frames, refine_canvas, tiles=rtiles, stage="refine", scale=scale))
+                       work_estimate(cfg, num_frames, refine_canvas, shots, tiles=rtiles, stage="refine", scale=scale),
+                       shots)
     return OutpaintPlan(num_frames, coarse, refine)
 
 
@@ -186,6 +193,30 @@ def plan_refine(cfg: JobConfig, canvas, native_h: int, native_w: int, out_canvas
         shrink = r.max_side / long_side
         src_h, src_w = src_h * shrink, src_w * shrink
     return _plan_like(cfg, canvas, max(1, round(src_h)), max(1, round(src_w)), multiple=8)
+
+
+def plan_shots(cfg: JobConfig, clip) -> list[int]:
+    """The clip's shots as first frames ``[0, ...]`` under ``video.shots``: detected (auto), one (off), or as listed.
+
+    A listed first frame beyond the clip's frames is a ConfigError naming ``video.shots``.
+    """
+    from .shots import check_shots, detect_shots
+
+    setting = cfg.video.shots
+    if setting == "off":
+        return [0]
+    if setting == "auto":
+        return detect_shots(clip.frames, fps=clip.fps or 25.0)
+    return check_shots(setting, clip.num_frames)
+
+
+def shots_argument(shots: Sequence[int]) -> dict:
+    """The ``shots=`` keyword for the pixel propagation (``motia.known``): given only when the clip has cuts.
+
+    A one-shot clip calls the propagation exactly as before shots existed, so its links (and
+    output) cannot change.
+    """
+    return {"shots": list(shots)} if len(shots) > 1 else {}
 
 
 def plan(cfg: JobConfig, src_h: int, src_w: int):
@@ -288,9 +319,11 @@ def refine_schedule(cfg: JobConfig) -> tuple[int, int]:
     return r.steps - run, r.steps
 
 
-def work_estimate(cfg: JobConfig, num_frames: int, canvas, *, tiles=None, stage: str = "coarse", scale: int = 8) -> dict:
+def work_estimate(cfg: JobConfig, num_frames: int, canvas, shots: Sequence[int] | None = None, *, tiles=None,
+                  stage: str = "coarse", scale: int = 8) -> dict:
     """Frames, windows, tiles and model calls of one sampling stage, before it runs.
 
+    ``shots`` (``plan_shots``; default one shot) splits the temporal windows at the cuts.
     ``unet_calls`` counts UNetMotionModel calls: one per box (temporal window x spatial
     tile, ``tiles`` in latent cells, default one covering the canvas) per denoising move,
     regret repeats included (the coarse stage only), a guided call being one call on a
@@ -303,12 +336,12 @@ def work_estimate(cfg: JobConfig, num_frames: int, canvas, *, tiles=None, stage:
     from .geometry import latent_known_mask
     from .sampler import regret_schedule
     from .tiles import boxes, known_boxes, whole
-    from .windows import temporal_windows
+    from .windows import shot_windows
 
     s = cfg.sample
     h, w = canvas.latent_size(scale)
     tiles = [whole(h, w)] if tiles is None else list(tiles)
-    windows = temporal_windows(num_frames, s.window.frames, s.window.stride)
+    windows = shot_windows(shots or [0], num_frames, s.window.frames, s.window.stride)
     if stage == "coarse":
         regret = dict(jump=s.regret.jump, repeats=s.regret.repeats, fraction=s.regret.fraction)
         moves = [src for src, dst in regret_schedule(s.steps, **regret) if dst > src]  # each move's start level

@@ -4,7 +4,8 @@ The model only ever sees one window of frames (the motion module allows at most
 32 per call, and memory grows with the window), so a long clip is denoised as
 overlapping windows whose outputs are averaged per frame with weights. Every
 frame must be covered by at least one window: a gap would divide by a zero
-weight sum (the reference's NaN frames).
+weight sum (the reference's NaN frames). A clip with hard cuts is windowed shot by
+shot (``shot_windows``): no window holds frames of two shots.
 """
 
 from __future__ import annotations
@@ -36,6 +37,21 @@ def temporal_windows(num_frames: int, size: int = 16, stride: int = 4) -> list[W
     if windows[-1][1] < num_frames:
         windows.append((num_frames - size, num_frames))
     return windows
+
+
+def shot_windows(shots: Sequence[int], num_frames: int, size: int = 16, stride: int = 4) -> list[Window]:
+    """``temporal_windows`` within each shot, offset to the shot's first frame, shot after shot.
+
+    ``shots`` are the shots' sorted first frames, starting at 0 (``motia.shots``), so no
+    window straddles a cut: a 5-frame shot is one 5-frame window. One shot (``[0]``) gives
+    exactly ``temporal_windows(num_frames, size, stride)``.
+    """
+    shots = [int(s) for s in shots]
+    if not shots or shots[0] != 0 or any(b <= a for a, b in zip(shots, shots[1:])) or shots[-1] >= num_frames:
+        raise ValueError(f"shots {shots} must be increasing first frames from 0, all below {num_frames}")
+    ends = [*shots[1:], num_frames]
+    return [(start + s, start + e) for start, end in zip(shots, ends)
+            for s, e in temporal_windows(end - start, size, stride)]  # fmt: skip
 
 
 def window_weights(length: int, kind: str = "pyramid", *, device=None) -> torch.Tensor:

@@ -7,7 +7,11 @@ and the new region's truth is known exactly. A sprite can be drawn that moves in
 canvas coordinates inside the box: it is never truly in the new region, so any sprite
 colour found there was copied from another time.
 
-Used by tests/test_propagate.py, tests/test_propagation_pipeline.py and scripts/bench_propagate.py.
+``cut_clip`` joins such pans of different photos (or of one photo far apart) with hard
+cuts, for shot detection; its truth is the list of the shots' first frames.
+
+Used by tests/test_propagate.py, tests/test_propagation_pipeline.py, tests/test_shots.py,
+scripts/bench_propagate.py and scripts/bench_shots.py.
 """
 
 from __future__ import annotations
@@ -130,6 +134,28 @@ def oracle_horizontal(clip: Clip, vx: int, params=None) -> list[np.ndarray]:
                         last = s
         out.append(rows_ok[:, None] & (count >= params.min_agree)[None, :])
     return out
+
+
+# Each shot: (photo, frames, start (x, y) in the photo, velocity (vx, vy) photo px per frame).
+CUT_SHOTS = (
+    ("astronaut", 12, (150, 120), (3, 0)),
+    ("coffee", 9, (100, 60), (-4, 1)),
+    ("chelsea", 5, (40, 30), (0, 3)),
+    ("astronaut", 10, (20, 300), (5, -2)),  # the same photo again, elsewhere: a jump cut
+    ("rocket", 14, (200, 80), (-6, 0)),  # a fast pan
+    ("immunohistochemistry", 2, (60, 60), (2, 2)),  # a two-frame shot at the end
+)
+
+
+def cut_clip(shots=CUT_SHOTS, src=(128, 160)) -> tuple[np.ndarray, list[int]]:
+    """Pans over photos joined by hard cuts: (F, H, W, 3) uint8 frames and the shots' first frames (the truth)."""
+    canvas = Canvas(src_h=src[0], src_w=src[1], height=src[0], width=src[1], top=0, left=0)
+    frames, firsts = [], []
+    for name, n, start, velocity in shots:
+        firsts.append(len(frames))
+        pan = Clip(photo(name), canvas, n, translation(*start, *velocity))
+        frames += [pan.read(t) for t in range(n)]
+    return np.stack(frames), firsts
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
