@@ -772,11 +772,12 @@ def outpaint_from_config(
     check_propagation(cfg)
     # Propagation needs no model: it runs (numpy and OpenCV, which release the GIL) while the
     # models load. If loading fails, or Ctrl-C comes while loading or waiting, it is told to
-    # stop at its next frame (else leaving the pool would wait for the whole clip).
+    # stop at its next frame (else leaving the pool would wait for the whole clip). The submit is
+    # inside the try: Ctrl-C can land while it starts the thread, after the work is queued.
     cancel = threading.Event()
     with ThreadPoolExecutor(1, thread_name_prefix="motia-propagate") as pool:
-        pending = pool.submit(propagate_clip, cfg, clip.frames, canvas, cancel=cancel, **shots_argument(shots))
         try:
+            pending = pool.submit(propagate_clip, cfg, clip.frames, canvas, cancel=cancel, **shots_argument(shots))
             if models is None:
                 components = load_components(cfg.models, progress=progress)
             else:

@@ -286,7 +286,43 @@ def test_info_samples_a_short_clip_evenly_to_its_last_frame(pan):
     assert info["coverage"]["frames"] == "5 of 5 (evenly spaced)"  # was 3 of 5: frames 0-2 only
 
 
-def test_ctrl_c_while_waiting_for_the_propagation_stops_it(tmp_path, pan, monkeypatch):
+@pytest.fixture
+def ctrl_c():
+    """SIGINT raises KeyboardInterrupt in the main thread for this test, whatever this process inherited.
+
+    A run started in the background by a non-interactive shell (``make test &``) inherits SIGINT
+    ignored, and Python leaves it so: a real SIGINT then does nothing (a terminal's Ctrl-C cannot
+    reach such a process either). These tests are about the terminal's Ctrl-C.
+    """
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def _waiting_for_the_propagation(thread) -> bool:
+    """Whether ``thread`` is blocked in outpaint_from_config's wait for the propagation, not on its way there.
+
+    Its Python stack ends in Condition.wait <- Future.result <- outpaint_from_config, and (where
+    /proc says) the kernel has it asleep: in that frame, only in the lock's wait, which a signal
+    interrupts. A signal sent a moment before the blocking call would be noticed only when the
+    wait ends, i.e. after the whole propagation.
+    """
+    frame, names = sys._current_frames().get(thread.ident), []
+    while frame is not None and len(names) < 3:
+        names.append(frame.f_code.co_name)
+        frame = frame.f_back
+    if names != ["wait", "result", "outpaint_from_config"]:
+        return False
+    try:
+        stat = Path(f"/proc/self/task/{thread.native_id}/stat").read_text()
+    except OSError:
+        return True  # no /proc: the stack is all there is to see
+    return stat.rsplit(")", 1)[1].split()[0] == "S"
+
+
+def test_ctrl_c_while_waiting_for_the_propagation_stops_it(tmp_path, pan, monkeypatch, ctrl_c):
     """Ctrl-C after the models loaded: the propagation thread is told to stop, not waited for to the end."""
     import signal
     import threading
@@ -298,24 +334,66 @@ def test_ctrl_c_while_waiting_for_the_propagation_stops_it(tmp_path, pan, monkey
     from motia.video import write_frames
 
     folder = write_frames(tmp_path / "pan", as_clip(pan).frames)
+    inputs = sorted(folder.iterdir())
     cfg = make_cfg(f"video.path={folder}", f"output.dir={tmp_path}")
     models = ModelCache()
     models.get(cfg.models)
-    real, seen = motia.known.propagate_clip, {}
+    real, main, seen = motia.known.propagate_clip, threading.main_thread(), {}
 
-    def slow(*args, cancel=None, **kwargs):  # the real propagation, then 30 s more unless cancelled
+    def slow(*args, cancel=None, **kwargs):  # the real propagation, then Ctrl-C, then 30 s more unless cancelled
         result = real(*args, cancel=cancel, **kwargs)
+        # The signal goes once the main thread is provably in the wait (not at a wall-clock time:
+        # on a busy machine it may not have got there yet, or the propagation not finished).
+        deadline = time.monotonic() + 120
+        while not _waiting_for_the_propagation(main):
+            assert time.monotonic() < deadline, "the main thread never waited for the propagation"
+            time.sleep(0.005)
+        seen["signalled"] = time.perf_counter()
+        # A real SIGINT, as Ctrl-C sends: it interrupts the main thread's wait (interrupt_main would not).
+        os.kill(os.getpid(), signal.SIGINT)
         seen["cancelled"] = cancel.wait(30)
         return result
 
     monkeypatch.setattr(motia.known, "propagate_clip", slow)
-    # A real SIGINT, as Ctrl-C sends: it interrupts the main thread's wait (interrupt_main would not).
-    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
-    t0 = time.perf_counter()
     with pytest.raises(KeyboardInterrupt):
         outpaint_from_config(cfg, progress=False, models=models)
+    assert time.perf_counter() - seen["signalled"] < 15 and seen["cancelled"]
+    assert sorted(folder.iterdir()) == inputs  # the run folder (the frames' folder here): nothing written
+
+
+def test_ctrl_c_as_the_propagation_starts_stops_it(tmp_path, pan, monkeypatch, ctrl_c):
+    """Ctrl-C while the propagation's thread starts (ThreadPoolExecutor.submit) stops it as well."""
+    import signal
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import motia.known
+    import motia.outpaint
+    from motia.job import ModelCache
+    from motia.video import write_frames
+
+    folder = write_frames(tmp_path / "pan", as_clip(pan).frames)
+    cfg = make_cfg(f"video.path={folder}", f"output.dir={tmp_path}")
+    seen = {}
+
+    def slow(*args, cancel=None, **kwargs):  # a propagation that takes 30 s unless cancelled
+        seen["cancelled"] = cancel.wait(30)
+        raise motia.known.Cancelled
+
+    class CtrlCAtSubmit(ThreadPoolExecutor):
+        def submit(self, *args, **kwargs):
+            future = super().submit(*args, **kwargs)
+            os.kill(os.getpid(), signal.SIGINT)  # raises here, in the main thread, once os.kill returns
+            return future
+
+    assert threading.current_thread() is threading.main_thread()  # where Python runs signal handlers
+    monkeypatch.setattr(motia.known, "propagate_clip", slow)
+    monkeypatch.setattr(motia.outpaint, "ThreadPoolExecutor", CtrlCAtSubmit)
+    t0 = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        motia.outpaint.outpaint_from_config(cfg, progress=False, models=ModelCache())  # interrupted before loading
     assert time.perf_counter() - t0 < 15 and seen["cancelled"]
-    assert not (tmp_path / "pan").joinpath("outpaint.mp4").exists()
 
 
 def test_without_opencv_auto_runs_without_it_and_on_asks_for_it(tmp_path):
