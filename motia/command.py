@@ -9,6 +9,7 @@ imports the CLI. Errors from bad input are one line (``error: ...``) with exit c
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -153,9 +154,22 @@ def run(args: argparse.Namespace, dispatch: Callable[[argparse.Namespace], int])
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # an internal failure, not bad input: say so and how to see more
+    except OSError as e:
+        from .utils import NO_SPACE, write_error
+
+        if e.errno not in (*NO_SPACE, errno.EROFS):  # a full or read-only disk the writers did not name (a log line)
+            return _internal(args, e)
         if args.debug:
             traceback.print_exc()
-        else:
-            print(f"error: internal {type(e).__name__}: {e} (run with --debug for the traceback)", file=sys.stderr)
-        return 1
+        print(f"error: {write_error(e, e.filename or 'an output')}", file=sys.stderr)
+        return 2
+    except Exception as e:  # an internal failure, not bad input: say so and how to see more
+        return _internal(args, e)
+
+
+def _internal(args: argparse.Namespace, e: Exception) -> int:
+    if args.debug:
+        traceback.print_exc()
+    else:
+        print(f"error: internal {type(e).__name__}: {e} (run with --debug for the traceback)", file=sys.stderr)
+    return 1
