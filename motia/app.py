@@ -273,16 +273,19 @@ class App:
         """Outpaint with the clip's cached adapter into the run folder; ``outpaint_from_config``'s summary."""
         from motia.batch import find_adapter
         from motia.outpaint import outpaint_from_config
+        from motia.runs import lock_run_folder
 
-        cfg, _, key = self._resolved(ch)
-        adapter = find_adapter(key)
-        if adapter is None:
-            raise InputError("no adapter for this clip, prompt, seed and adaptation recipe yet: press Adapt first")
-        track = StepReport("outpaint", None, report)
-        with self._models_on_failure():
-            # The app replaces its own earlier result for this clip (the README says so), whatever the canvas.
-            summary = outpaint_from_config(cfg, lora=str(adapter), overwrite=True, progress=False, models=self.models,
-                                           callback=track)  # fmt: skip
+        # The run folder is locked before the clip is copied into it: another live run there is refused.
+        with lock_run_folder(self.config(ch).run_dir()):
+            cfg, _, key = self._resolved(ch)
+            adapter = find_adapter(key)
+            if adapter is None:
+                raise InputError("no adapter for this clip, prompt, seed and adaptation recipe yet: press Adapt first")
+            track = StepReport("outpaint", None, report)
+            with self._models_on_failure():
+                # The app replaces its own earlier result for this clip (the README says so), whatever the canvas.
+                summary = outpaint_from_config(cfg, lora=str(adapter), overwrite=True, progress=False,
+                                               models=self.models, callback=track)  # fmt: skip
         return {**summary, "adapter": str(adapter), "key": key, "steps": track.step, "total": track.total}
 
     @contextlib.contextmanager
