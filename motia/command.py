@@ -98,8 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("app", help="the local web app: preview, adapt, outpaint and compare in a browser")
     _add_config(p, required=False)
-    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only)")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only; "
+                                                        "any other needs a password or --no-auth)")  # fmt: skip
     p.add_argument("--port", type=int, default=None, help="port (default: 7860, or the next free one)")
+    p.add_argument("--auth", metavar="USER:PASSWORD",
+                   help="log in with this user and password (it stays in the shell history: prefer --auth-file or "
+                        "$MOTIA_APP_AUTH)")  # fmt: skip
+    p.add_argument("--auth-file", metavar="FILE", help="read USER:PASSWORD from the first line of FILE")
+    p.add_argument("--no-auth", action="store_true", help="serve beyond this machine without a password (a warning)")
 
     p = sub.add_parser("adapters", help="list, remove or export adapters")
     asub = p.add_subparsers(dest="adapters_verb", metavar="ACTION")
