@@ -62,8 +62,12 @@ from motia.config import JobConfig, dump_config
 from motia.errors import ConfigError, InputError
 from motia.geometry import control_video, sample_border_mask
 from motia.runs import check_adapter_folder
+<<<<<<< HEAD
 from motia.utils import atomic_path, peak_memory_bytes
 from motia.vae import encode_frames
+=======
+from motia.utils import atomic_path, check_free_space, peak_memory_bytes
+>>>>>>> safety
 from motia.video import hash_unit_frames, unit_frames
 
 logger = logging.getLogger(__name__)
@@ -429,6 +433,18 @@ def check_fresh_start(out_dir: Path, cfg: JobConfig, overwrite: bool = False) ->
     return check_adapter_folder(out_dir, cfg, overwrite, ADAPTER_FILE, newest[0] / "config.yaml" if newest else None)
 
 
+def adapt_bytes(trainable: int, a, start_step: int = 0, checkpoints: bool = True) -> int:
+    """About the most bytes an adaptation from ``start_step`` adds to its folder: the adapter (fp32 LoRA) and, with
+    ``checkpoints``, as many of them as are on disk at once (``keep_checkpoints`` and the one being written),
+    each the LoRA, AdamW's two moments and the RNG and scheduler states."""
+    adapter = 4 * trainable + (64 << 10)
+    if not checkpoints:
+        return adapter
+    steps = set(range(start_step + a.checkpoint_every - start_step % a.checkpoint_every, a.steps + 1,
+                      a.checkpoint_every)) | ({a.steps} if a.steps > start_step else set())  # fmt: skip
+    return adapter + min(len(steps), a.keep_checkpoints + 1) * (12 * trainable + (256 << 10))
+
+
 def _write_json(path: Path, data: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, default=str))
@@ -630,6 +646,9 @@ def adapt(
         log_path = out_dir / LOG_FILE
         if main:
             _trim_log(log_path, step)
+            # Before the first step: an adapter and checkpoints that cannot fit refuse now, not after the training.
+            check_free_space(out_dir, adapt_bytes(sum(p.numel() for p in params), a, step, checkpoints=not solo),
+                             "free some space there or write elsewhere with adapt.output_dir=DIR")  # fmt: skip
 
         # --- loop
         bar = tqdm(total=a.steps, initial=step, desc="adapt", unit="step", disable=not (progress and main))
@@ -836,14 +855,26 @@ def adapt_from_config(
 
     The clip is read and its canvases planned first and the models loaded next, so a
     missing video, an empty frame selection, a canvas that cannot be planned, an output
-    folder of another config (unless ``overwrite``) or bad model paths fail before
-    anything is written. The models
+    folder of another config (unless ``overwrite``), one another live run is writing
+    (``motia.runs.lock_run_folder``, held by this process, or by the launch's main process
+    unless ``solo``), a read-only one, or bad model paths fail before anything is written. The models
     are loaded on the accelerator's device (under ``accelerate launch`` that is the
     launcher's choice), or taken from ``models`` (a ``motia.job.ModelCache``) and
     handed back there released (``release``) for the next stage. Output:
     ``adapt.output_dir`` or ``<run dir>/adapter``. ``accelerator`` (default
     ``make_accelerator(cfg)``) and ``solo`` are passed to ``adapt``; ``callback`` observes every step (see ``adapt``).
     """
+    from motia.runs import lock_run_folder, main_process
+
+    fix = "write elsewhere with adapt.output_dir=DIR"
+    with lock_run_folder(adapter_dir(cfg), enabled=solo or main_process(), fix=fix):
+        return _adapt_locked(cfg, resume, overwrite=overwrite, progress=progress, models=models,
+                             accelerator=accelerator, solo=solo, callback=callback)  # fmt: skip
+
+
+def _adapt_locked(cfg: JobConfig, resume: bool, *, overwrite: bool, progress: bool, models, accelerator, solo: bool,
+                  callback) -> Path:  # fmt: skip
+    """``adapt_from_config`` with its folder locked."""
     from motia.caption import resolve_prompt
     from motia.models import load_components
     from motia.planning import load_clip, native_size, plan, plan_output

@@ -10,6 +10,11 @@ models load once per process. Outputs land in the config's run folder
 ``App`` is the logic and knows nothing about gradio (tests drive it directly);
 ``build_ui`` lays the page out on it and ``launch`` serves it. gradio is the optional
 extra ``motia[app]``, imported by those two only, so the library imports without it.
+
+Served beyond this machine (a ``--host`` other than loopback) the page asks for a user
+and password (``resolve_auth``: ``--auth``, ``--auth-file`` or ``$MOTIA_APP_AUTH``, checked
+by gradio's own login), or runs open only with an explicit ``--no-auth``: whoever reaches
+the port can otherwise spend the GPU and download every run's outputs.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ CANVAS_MODES = ("sides", "aspect", "target size")
 ASPECTS = ("16:9", "9:16", "1:1", "4:3")
 WINDOW_ATTENTION = {"auto": "auto", "on": True, "off": False}  # page choice -> sample.window_attention.enabled
 INSTALL_HINT = 'pip install "motia[app]"'
+AUTH_ENV = "MOTIA_APP_AUTH"  # USER:PASSWORD, so the password stays out of the shell history
 
 Report = Callable[[float, str], None]  # (fraction done, one line of text)
 # A small canvas (the tiny config's is 144 px wide) is scaled up to the preview box, in sharp pixels.
@@ -273,16 +279,19 @@ class App:
         """Outpaint with the clip's cached adapter into the run folder; ``outpaint_from_config``'s summary."""
         from motia.batch import find_adapter
         from motia.outpaint import outpaint_from_config
+        from motia.runs import lock_run_folder
 
-        cfg, _, key = self._resolved(ch)
-        adapter = find_adapter(key)
-        if adapter is None:
-            raise InputError("no adapter for this clip, prompt, seed and adaptation recipe yet: press Adapt first")
-        track = StepReport("outpaint", None, report)
-        with self._models_on_failure():
-            # The app replaces its own earlier result for this clip (the README says so), whatever the canvas.
-            summary = outpaint_from_config(cfg, lora=str(adapter), overwrite=True, progress=False, models=self.models,
-                                           callback=track)  # fmt: skip
+        # The run folder is locked before the clip is copied into it: another live run there is refused.
+        with lock_run_folder(self.config(ch).run_dir()):
+            cfg, _, key = self._resolved(ch)
+            adapter = find_adapter(key)
+            if adapter is None:
+                raise InputError("no adapter for this clip, prompt, seed and adaptation recipe yet: press Adapt first")
+            track = StepReport("outpaint", None, report)
+            with self._models_on_failure():
+                # The app replaces its own earlier result for this clip (the README says so), whatever the canvas.
+                summary = outpaint_from_config(cfg, lora=str(adapter), overwrite=True, progress=False,
+                                               models=self.models, callback=track)  # fmt: skip
         return {**summary, "adapter": str(adapter), "key": key, "steps": track.step, "total": track.total}
 
     @contextlib.contextmanager
@@ -487,16 +496,90 @@ def build_ui(app: App):
     return page
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` serves this machine only: ``localhost``, 127.0.0.0/8 or ::1."""
+    import ipaddress
+
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def parse_credentials(text: str, where: str) -> tuple[str, str]:
+    """``USER:PASSWORD`` -> (user, password) (the password may hold ':'); ConfigError naming ``where`` otherwise."""
+    user, sep, password = text.strip().partition(":")
+    if not sep or not user or not password:
+        raise ConfigError(f"{where}: give USER:PASSWORD (both non-empty)")
+    return user, password
+
+
+def _read_auth_file(path: str | os.PathLike) -> tuple[str, str]:
+    path = Path(path)
+    try:
+        lines = [ln.strip() for ln in path.read_text().splitlines()]
+    except OSError as e:
+        raise InputError(f"--auth-file {path}: cannot read it ({e.strerror or e}); write USER:PASSWORD on a line of it"
+                         ) from None  # fmt: skip
+    except UnicodeDecodeError:
+        raise InputError(f"--auth-file {path}: not a text file; write USER:PASSWORD on a line of it") from None
+    found = [ln for ln in lines if ln and not ln.startswith("#")]
+    if not found:
+        raise InputError(f"--auth-file {path}: it is empty; write USER:PASSWORD on a line of it")
+    if path.stat().st_mode & 0o077:
+        log.warning("--auth-file %s can be read by other users of this machine (chmod 600 %s)", path, path)
+    return parse_credentials(found[0], f"--auth-file {path}")
+
+
+def resolve_auth(host: str, auth: str | None = None, auth_file: str | os.PathLike | None = None,
+                 no_auth: bool = False, environ=None) -> tuple[str, str] | None:  # fmt: skip
+    """The (user, password) the page asks for, or None (no login).
+
+    From ``auth`` (``--auth``), else ``auth_file`` (``--auth-file``: its first line that is
+    not blank or a ``#`` comment), else ``$MOTIA_APP_AUTH``. A ``host`` other than loopback
+    needs one of them or ``no_auth`` (then a warning says the page is open); without
+    either it is refused (ConfigError, one line). On loopback they are optional.
+    """
+    environ = os.environ if environ is None else environ
+    if auth is not None and auth_file is not None:
+        raise ConfigError("give the password one way: --auth or --auth-file, not both")
+    if no_auth and (auth is not None or auth_file is not None):
+        raise ConfigError("--no-auth serves the page without a password: drop it, or drop --auth/--auth-file")
+    if auth is not None:
+        credentials = parse_credentials(auth, "--auth")
+    elif auth_file is not None:
+        credentials = _read_auth_file(auth_file)
+    elif environ.get(AUTH_ENV) and not no_auth:
+        credentials = parse_credentials(environ[AUTH_ENV], f"${AUTH_ENV}")
+    else:
+        credentials = None
+    if credentials is None and not is_loopback(host):
+        if not no_auth:
+            raise ConfigError(
+                f"--host {host} serves the app to other machines: give it a password with --auth-file FILE (a line "
+                f"USER:PASSWORD), ${AUTH_ENV}=USER:PASSWORD or --auth USER:PASSWORD, or pass --no-auth to serve it "
+                "open to anyone who reaches the port"
+            )
+        log.warning("serving on %s without a password (--no-auth): anyone who reaches this port can run jobs on this "
+                    "machine and download every output", host)  # fmt: skip
+    return credentials
+
+
 def launch(config: str | os.PathLike | None = None, overrides: Sequence[str] = (), host: str = "127.0.0.1",
-           port: int | None = None, *, block: bool = True):  # fmt: skip
+           port: int | None = None, *, block: bool = True, auth: str | None = None,
+           auth_file: str | os.PathLike | None = None, no_auth: bool = False):  # fmt: skip
     """`motia app`: serve the page on ``host:port`` (gradio's 7860 or the next free port when None).
 
+    ``auth``, ``auth_file``, ``no_auth``: the login (``resolve_auth``), required off loopback.
     ``block=False`` returns the running ``gradio.Blocks`` (close it with ``.close()``).
     """
+    credentials = resolve_auth(host, auth, auth_file, no_auth)
     require_gradio()
     app = App(config, overrides)
     page = build_ui(app)
     page.queue()
     page.launch(server_name=host, server_port=port, allowed_paths=app.allowed_paths(), prevent_thread_lock=not block,
-                quiet=False, css=CSS)  # fmt: skip
+                quiet=False, css=CSS, auth=credentials)  # fmt: skip
     return page

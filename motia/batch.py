@@ -25,7 +25,9 @@ ordered job list. Each rank writes only its own clips' folders and its own
 ``reports/rank_XXXX.json``; after ``wait_for_everyone`` the main process merges them into
 ``batch_report.json`` and ``batch_report.csv``. A clip whose ``summary.json`` lists outputs
 that all exist is skipped (so a rerun resumes); a clip that fails is recorded with its
-error and the others go on; the exit code is 1 when any clip failed.
+error and the others go on; the exit code is 1 when any clip failed. A clip's folder is
+locked while its job runs (``motia.runs.lock_run_folder``): a clip whose folder another live
+run is writing fails, naming that run.
 
 One ``Accelerator`` serves the whole batch (so every clip must adapt with the same
 device type and mixed precision; checked before anything runs). Each rank trains its
@@ -483,14 +485,28 @@ def run_job(job: BatchJob, cache: str | os.PathLike | None = None, reuse_adapter
     ``models`` (a ``motia.job.ModelCache``) keeps the loaded models from clip to clip;
     after a failure it is emptied, so the next clip starts from freshly loaded ones.
     ``accelerator`` (``batch_accelerator``; made from the clip's config when None) trains
-    the clip in this process alone. ``overwrite`` lets the clip replace the outputs of another config in its folder."""
+    the clip in this process alone. ``overwrite`` lets the clip replace the outputs of another config in its folder.
+    A clip whose folder another live run is writing fails, naming that run (``motia.runs.lock_run_folder``)."""
+    from motia.runs import lock_run_folder
+
+    row = _new_row(job)
+    try:  # every rank writes its own clips: each locks the clip's folder (the stages inside take it again)
+        with lock_run_folder(job.cfg.run_dir(), fix="run one batch at a time into this output"):
+            return _run_job_locked(job, row, cache, reuse_adapters, progress, models, accelerator, overwrite)
+    except MotiaError as e:  # another run is writing this clip's folder, or it cannot be written
+        row["error"] = _one_line(e)
+        return row
+
+
+def _run_job_locked(job: BatchJob, row: dict[str, Any], cache, reuse_adapters: bool, progress: bool, models,
+                    accelerator, overwrite: bool) -> dict[str, Any]:  # fmt: skip
+    """``run_job`` with the clip's folder locked."""
     from motia import adapt as adapt_mod
     from motia import outpaint as outpaint_mod
     from motia.caption import resolve_prompt
     from motia.planning import load_clip
     from motia.utils import peak_memory_bytes
 
-    row = _new_row(job)
     cfg = job.cfg
     done = completed_outputs(cfg.run_dir())
     if done is not None:

@@ -63,7 +63,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         config, overrides = args.config, list(args.overrides)
         if config is not None and "=" in config and not Path(config).exists():  # only overrides were given
             config, overrides = None, [config, *overrides]
-        launch(config, overrides, host=args.host, port=args.port)
+        launch(config, overrides, host=args.host, port=args.port, auth=args.auth, auth_file=args.auth_file,
+               no_auth=args.no_auth)
         return 0
     if args.verb == "adapters":
         from . import batch

@@ -9,6 +9,7 @@ imports the CLI. Errors from bad input are one line (``error: ...``) with exit c
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -97,8 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("app", help="the local web app: preview, adapt, outpaint and compare in a browser")
     _add_config(p, required=False)
-    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only)")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this machine only; "
+                                                        "any other needs a password or --no-auth)")  # fmt: skip
     p.add_argument("--port", type=int, default=None, help="port (default: 7860, or the next free one)")
+    p.add_argument("--auth", metavar="USER:PASSWORD",
+                   help="log in with this user and password (it stays in the shell history: prefer --auth-file or "
+                        "$MOTIA_APP_AUTH)")  # fmt: skip
+    p.add_argument("--auth-file", metavar="FILE", help="read USER:PASSWORD from the first line of FILE")
+    p.add_argument("--no-auth", action="store_true", help="serve beyond this machine without a password (a warning)")
 
     p = sub.add_parser("adapters", help="list, remove or export adapters")
     asub = p.add_subparsers(dest="adapters_verb", metavar="ACTION")
@@ -153,9 +160,22 @@ def run(args: argparse.Namespace, dispatch: Callable[[argparse.Namespace], int])
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as e:  # an internal failure, not bad input: say so and how to see more
+    except OSError as e:
+        from .utils import NO_SPACE, write_error
+
+        if e.errno not in (*NO_SPACE, errno.EROFS):  # a full or read-only disk the writers did not name (a log line)
+            return _internal(args, e)
         if args.debug:
             traceback.print_exc()
-        else:
-            print(f"error: internal {type(e).__name__}: {e} (run with --debug for the traceback)", file=sys.stderr)
-        return 1
+        print(f"error: {write_error(e, e.filename or 'an output')}", file=sys.stderr)
+        return 2
+    except Exception as e:  # an internal failure, not bad input: say so and how to see more
+        return _internal(args, e)
+
+
+def _internal(args: argparse.Namespace, e: Exception) -> int:
+    if args.debug:
+        traceback.print_exc()
+    else:
+        print(f"error: internal {type(e).__name__}: {e} (run with --debug for the traceback)", file=sys.stderr)
+    return 1

@@ -356,20 +356,22 @@ def adapt_and_outpaint(cfg: JobConfig, models: ModelCache | None = None, overwri
     """Adapt the clip's LoRA, then outpaint with it, loading the models once; returns the outpainting summary.
 
     Both output folders are checked (``motia.runs``) before the adaptation starts, so a
-    run folder of another config is refused before any work rather than after it.
+    run folder of another config is refused before any work rather than after it. The run
+    folder is locked from the first check to the last output (``runs.lock_run_folder``).
     """
     from .adapt import ADAPTER_FILE, adapt_from_config, adapter_dir, check_adapter_dir
     from .caption import resolve_prompt
     from .outpaint import outpaint_from_config
-    from .runs import check_outpaint_folder
+    from .runs import check_outpaint_folder, lock_run_folder, main_process
 
-    if cfg.prompt == "auto":  # caption once: both stages and both folder checks use the caption
-        cfg = cfg.model_copy(update={"prompt": resolve_prompt(cfg, load_clip(cfg))})
-    check_adapter_dir(cfg, overwrite=overwrite)
-    check_outpaint_folder(cfg.run_dir(), cfg, adapter_dir(cfg) / ADAPTER_FILE, overwrite)
-    models = models if models is not None else ModelCache()
-    adapter = adapt_from_config(cfg, overwrite=overwrite, models=models)
-    return outpaint_from_config(cfg, lora=str(adapter), overwrite=overwrite, models=models)
+    with lock_run_folder(cfg.run_dir(), enabled=main_process()):
+        if cfg.prompt == "auto":  # caption once: both stages and both folder checks use the caption
+            cfg = cfg.model_copy(update={"prompt": resolve_prompt(cfg, load_clip(cfg))})
+        check_adapter_dir(cfg, overwrite=overwrite)
+        check_outpaint_folder(cfg.run_dir(), cfg, adapter_dir(cfg) / ADAPTER_FILE, overwrite)
+        models = models if models is not None else ModelCache()
+        adapter = adapt_from_config(cfg, overwrite=overwrite, models=models)
+        return outpaint_from_config(cfg, lora=str(adapter), overwrite=overwrite, models=models)
 
 
 def demo(overrides: Sequence[str] = (), overwrite: bool = False) -> dict:

@@ -725,8 +725,11 @@ def outpaint_from_config(
 ) -> dict:
     """`motia outpaint`: read the clip, load the models, outpaint, write the outputs; return the run summary.
 
-    The clip is read (and the canvases planned, the adapter file checked against this
-    run, ``check_adapter_fits``) before any model loads, so bad input fails fast and
+    The run folder is locked for the run (``motia.runs.lock_run_folder``: another live run
+    writing there is refused; under a multi-process launch the main process holds it). The
+    clip is read (and the canvases planned, the adapter file checked against this
+    run, ``check_adapter_fits``, the free space checked against the outputs,
+    ``motia.output.check_output_space``) before any model loads, so bad input fails fast and
     writes nothing. A run folder holding the finished outputs of another config is
     refused unless ``overwrite`` (``motia.runs``); then the earlier outputs are removed
     once the models have loaded, before sampling. Outputs go to ``cfg.run_dir()`` as
@@ -737,11 +740,19 @@ def outpaint_from_config(
     Pixel propagation (``outpaint.propagate``) runs on the CPU in a thread while the models
     load; the summary's ``propagation`` records its motion, coverage and time.
     """
+    from motia.runs import lock_run_folder
+
+    with lock_run_folder(cfg.run_dir(), enabled=_is_main_process()):
+        return _outpaint_locked(cfg, lora, overwrite=overwrite, progress=progress, models=models, callback=callback)
+
+
+def _outpaint_locked(cfg: JobConfig, lora, *, overwrite: bool, progress: bool, models, callback) -> dict:
+    """``outpaint_from_config`` with its run folder locked."""
     from motia.config import dump_config
     from motia.known import check_propagation, propagate_clip
     from motia.lora import read_lora_metadata
     from motia.models import load_components
-    from motia.output import OutputWriter
+    from motia.output import OutputWriter, check_output_space
     from motia.planning import (load_clip, native_size, plan, plan_output, plan_refine, plan_shots, shots_argument,
                                 upsampling_warning)
     from motia.runs import check_outpaint_folder
@@ -767,6 +778,7 @@ def outpaint_from_config(
         cfg = cfg.model_copy(update={"prompt": prompt})  # config.yaml records the prompt actually used
     run_dir = cfg.run_dir()
     replaced = check_outpaint_folder(run_dir, cfg, lora, overwrite)
+    check_output_space(cfg, clip, out_canvas, run_dir, freed=replaced)
     if meta is not None:
         check_adapter_fits(meta, cfg, clip, lora)
     check_propagation(cfg)

@@ -16,25 +16,35 @@ by frame. Those reads reach ``outpaint.propagation.radius`` frames either side, 
 output-scale source frames are then decoded once into a ``SourceRing`` of at most
 2 x radius + 1 frames (in memory when small, else in an unlinked file beside the
 outputs), which the paste reads too: memory still does not grow with the clip.
+
+Disk: ``output_bytes`` bounds what a run writes (the mp4s by ``video.mp4_bytes_bound``,
+PNG and GIF frames uncompressed), and ``check_output_space`` refuses a run that will not
+fit before any model loads. A disk that fills up anyway (noise compresses worse than
+footage, or another program writes) is one ``NoSpaceError`` naming the file, the space
+free and the estimate; every file is first finished under its temporary name and only
+then are all renamed into place, so a failure leaves the folder's earlier outputs as they were.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
+import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from motia.config import JobConfig
-from motia.errors import InputError
+from motia.errors import InputError, NoSpaceError
 from motia.runs import OUTPUT_FILES
-from motia.video import X264_PRESETS, Finishing, to_uint8, unit_frames
+from motia.utils import check_free_space, raise_write_error
+from motia.video import X264_PRESETS, Finishing, mp4_bytes_bound, to_uint8, unit_frames
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +56,58 @@ _STEP_BYTES = 64 << 20
 PREVIEW_PRESET = "veryfast"  # the side-by-side's x264 preset, unless output.preset is faster still
 # A SourceRing up to this size stays in memory; a larger one is memory-mapped from a file.
 _RING_RAM_BYTES = 256 << 20
+_RECORDS_BYTES = 256 << 10  # config.yaml and summary.json, with room to spare
+_AUDIO_BYTES_PER_S = 128_000 // 8 + 2_000  # the AAC track at 128 kbit/s, and its framing
+
+
+def _side_by_side_size(h: int, w: int, gap: int = 4) -> tuple[int, int]:
+    """(H, W) of the side-by-side of an (h, w) output canvas (two halves and a gap, shrunk to ``SIDE_BY_SIDE_MAX``)."""
+    scale = min(1.0, SIDE_BY_SIDE_MAX[0] / h, (SIDE_BY_SIDE_MAX[1] - gap) / (2 * w))
+    if scale < 1.0:
+        h, w = max(2, 2 * int(h * scale / 2)), max(2, 2 * int(w * scale / 2))
+    return h, 2 * w + gap
+
+
+def output_bytes(cfg: JobConfig, num_frames: int, out_canvas, seconds: float | None = None) -> dict[str, int]:
+    """About the most bytes each configured output takes (by kind, and ``records`` for the config and summary).
+
+    ``seconds``: the audio kept, if any. Camera footage stays under these; a noise-like
+    result (the tiny test models') can take more in the mp4s, found when writing.
+    """
+    o = cfg.output
+    h, w = out_canvas.height, out_canvas.width
+    audio = int((seconds or 0.0) * _AUDIO_BYTES_PER_S) if o.keep_audio else 0
+    sizes = {"records": _RECORDS_BYTES}
+    if o.mp4:
+        sizes["mp4"] = mp4_bytes_bound(num_frames, h, w, o.crf) + audio
+    if o.side_by_side:
+        sizes["side_by_side"] = mp4_bytes_bound(num_frames, *_side_by_side_size(h, w), o.crf) + audio
+    if o.gif:
+        sizes["gif"] = num_frames * (h * w * 5 // 4 + 1024)  # 8-bit palette indices; LZW can grow noise a little
+    if o.frames:
+        sizes["frames"] = num_frames * (h * w * 3 + (4 << 10))  # PNG never beats raw on noise; + its chunks
+    return sizes
+
+
+def check_output_space(cfg: JobConfig, clip, out_canvas, run_dir: str | Path, freed: Sequence[Path] = ()) -> int:
+    """Refuse (NoSpaceError: the folder, the space needed and free) a run whose outputs will not fit; their bytes.
+
+    ``freed``: earlier outputs the run deletes before writing (``--overwrite`` of another
+    config). Outputs replaced by the same name are not counted as free: each new file is
+    complete before the old one goes.
+    """
+    seconds = clip.duration if cfg.output.keep_audio and clip.has_audio else None
+    needed = sum(output_bytes(cfg, clip.num_frames, out_canvas, seconds).values())
+    gone = sum(_size(p) for p in freed)
+    check_free_space(run_dir, needed, "free some space there or write elsewhere with output.dir=DIR", freed=gone)
+    return needed
+
+
+def _size(path: Path) -> int:
+    path = Path(path)
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size if path.is_file() else 0
 
 
 class SourceRing:
@@ -73,8 +135,14 @@ class SourceRing:
             if np.prod(shape) <= _RING_RAM_BYTES:
                 self._ring = np.empty(shape, dtype=np.uint8)
             else:
-                self.folder.mkdir(parents=True, exist_ok=True)
-                self._file = tempfile.TemporaryFile(prefix=".source-ring.", dir=self.folder)
+                try:
+                    self.folder.mkdir(parents=True, exist_ok=True)
+                    self._file = tempfile.TemporaryFile(prefix=".source-ring.", dir=self.folder)
+                    # Reserved up front: pages of a mapping past a full disk would kill the process (SIGBUS).
+                    os.posix_fallocate(self._file.fileno(), 0, int(np.prod(shape)))
+                except OSError as e:
+                    self.close()
+                    raise_write_error(e, self.folder)
                 self._ring = np.memmap(self._file, dtype=np.uint8, mode="w+", shape=shape)
         self._ring[self.decoded % self.capacity] = frame
 
@@ -127,6 +195,8 @@ class OutputWriter(Finishing):
         self.timings = {"read": 0.0, "propagate": 0.0, "canvas_paste": 0.0, "write": 0.0}
         self.outputs: dict[str, str] = {}
         run_dir = Path(run_dir)
+        seconds = clip.duration if o.keep_audio and clip.has_audio else None
+        self.needed = sum(output_bytes(cfg, clip.num_frames, out_canvas, seconds).values())  # for a full disk's error
         fps = o.fps or clip.fps
         audio = {}
         if o.keep_audio and clip.has_audio:
@@ -274,8 +344,9 @@ class OutputWriter(Finishing):
                 frames = paste_known(frames, source, self.out, self.feather)
             t2 = time.perf_counter()
             pixels = to_uint8(frames)  # (m, H, W, 3), converted once for every writer
-            for kind, writer in self.writers.items():
-                writer.write(to_uint8(self._side_by_side(source, frames)) if kind == "side_by_side" else pixels)
+            with self._disk_errors():
+                for kind, writer in self.writers.items():
+                    writer.write(to_uint8(self._side_by_side(source, frames)) if kind == "side_by_side" else pixels)
             self.timings["read"] += t1 - t0 - t_prop
             self.timings["propagate"] += t_prop
             self.timings["canvas_paste"] += t2 - t1
@@ -295,13 +366,26 @@ class OutputWriter(Finishing):
         left = place_on_canvas(_shrink(source, small.src_h, small.src_w), small, 0.0)
         return side_by_side(left, _shrink(frames, small.height, small.width), gap)
 
-    def close(self) -> dict[str, str]:
-        """Finish every file; return their paths by kind (mp4, gif, frames, side_by_side)."""
+    @contextlib.contextmanager
+    def _disk_errors(self):
+        """A full disk's error with this run's estimate of its outputs (the writers do not know it)."""
         try:
+            yield
+        except NoSpaceError as e:
+            if e.needed is not None:
+                raise
+            raise NoSpaceError(e.path, e.free, self.needed, writing=e.writing, fix=e.fix) from e
+
+    def close(self) -> dict[str, str]:
+        """Finish every file, then move them all into place; return their paths by kind (mp4, gif, frames, ...)."""
+        try:
+            t0 = time.perf_counter()
+            with self._disk_errors():
+                for writer in self.writers.values():  # all complete before any earlier output is replaced
+                    writer.finish()
             for kind, writer in self.writers.items():
-                t0 = time.perf_counter()
                 self.outputs[kind] = str(writer.close())
-                self.timings["write"] += time.perf_counter() - t0
+            self.timings["write"] += time.perf_counter() - t0
         except BaseException:
             self.abort()
             raise
@@ -317,8 +401,11 @@ class OutputWriter(Finishing):
 
     def abort(self) -> None:
         """Remove whatever is half-written (files already completed by ``close`` stay)."""
-        for writer in self.writers.values():
-            writer.abort()
+        for writer in self.writers.values():  # every one, even if one fails: the error being raised is the news
+            try:
+                writer.abort()
+            except Exception:  # noqa: BLE001
+                log.debug("aborting %s failed", getattr(writer, "path", writer), exc_info=True)
         self._close_sources()
 
 

@@ -19,16 +19,32 @@ captioning, with local paths resolved:
 Finished outputs are: for outpainting, ``summary.json`` or ``config.yaml`` (both are
 written after the videos); for adaptation, ``adapter.safetensors``, or checkpoints
 (an interrupted run: its work would be deleted by a fresh start).
+
+A folder a live run is writing is locked (``lock_run_folder``): another run into it
+refuses in one line naming the process that holds it. The lock is ``fcntl.flock`` on
+``.motia.lock`` in the folder, so the kernel releases it when its process dies however it
+dies; the file records the holder (pid, host, command, since when) for the message, and a
+record left by a killed run is taken over with a warning naming it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import json
+import logging
 import os
+import shlex
+import socket
+import sys
+import threading
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from motia.config import JobConfig, read_yaml
-from motia.errors import ConfigError, MotiaError
+from motia.errors import ConfigError, FolderInUse, MotiaError
+
+log = logging.getLogger(__name__)
 
 ADAPT_KEYS = ("seed", "prompt", "models", "video", "adapt")
 OUTPAINT_KEYS = ("seed", "prompt", "models", "video", "outpaint", "sample", "output")
@@ -180,3 +196,186 @@ def check_adapter_folder(out_dir: str | os.PathLike, cfg: JobConfig, overwrite: 
         resumable = what == "a finished adapter" and all(d.startswith("adapt.steps ") for d in diffs)
         _refuse(out_dir, what, them, diffs, extra=" (or --resume to continue it to the new adapt.steps)" if resumable else "")
     return True
+
+
+# ----------------------------------------------------------------------------- the lock of a folder being written
+
+LOCK_FILE = ".motia.lock"
+# Locks this process holds: resolved lock path -> the thread holding it. A run that calls another
+# stage on the same folder (`motia run`, a batch clip) takes it again; another thread may not.
+_held: dict[str, int] = {}
+_held_guard = threading.Lock()
+
+
+def main_process() -> bool:
+    """Whether this is the main process of a launch (``RANK`` and ``LOCAL_RANK`` 0), or no launcher ran it."""
+    return int(os.environ.get("RANK", "0")) == 0 and int(os.environ.get("LOCAL_RANK", "0")) == 0
+
+
+def _owner_record() -> bytes:
+    first = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path("python")
+    name = f"python -m {first.parent.name}" if first.name == "__main__.py" else shlex.quote(first.name)
+    return json.dumps({
+        "pid": os.getpid(), "host": socket.gethostname(), "command": " ".join([name, shlex.join(sys.argv[1:])]).strip(),
+        "since": datetime.datetime.now().isoformat(sep=" ", timespec="seconds"),
+    }).encode() + b"\n"  # fmt: skip
+
+
+def _read_owner(fd: int) -> dict | None:
+    try:
+        data = json.loads(os.pread(fd, 8192, 0).decode() or "null")
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _describe(owner: dict | None) -> str:
+    """``pid 123 on host box (`motia run ...`, since 2025-01-02 10:00:00)``."""
+    if not owner:
+        return "a process that has not written its name yet"
+    command = " ".join(str(owner.get("command", "?")).split())
+    if len(command) > 100:
+        command = command[:97] + "..."
+    pid, host, since = (owner.get(k, "?") for k in ("pid", "host", "since"))
+    return f"pid {pid} on host {host} (`{command}`, since {since})"
+
+
+def _gone(owner: dict) -> str:
+    """Why a recorded holder no longer holds the lock, for the take-over note."""
+    if owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int):
+        try:
+            os.kill(owner["pid"], 0)
+        except ProcessLookupError:
+            return "is no longer running"
+        except PermissionError:
+            pass
+    return "no longer holds it"
+
+
+def _make_folder(folder: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; return those created, deepest first. OutputError if not writable."""
+    from motia.utils import write_error
+
+    created = []
+    p = folder.absolute()
+    while not p.exists() and p != p.parent:
+        created.append(p)
+        p = p.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"{folder} is a file, not a folder; write elsewhere (output.dir=DIR)") from None
+    except OSError as e:
+        err = write_error(e, folder)
+        if err is None:
+            raise
+        raise err from e
+    return created
+
+
+def _acquire(path: Path, folder: Path, fix: str) -> int:
+    """Open and flock ``path`` (exclusive, not waiting); the open descriptor. FolderInUse when another holds it."""
+    import fcntl
+
+    from motia.utils import write_error
+
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            err = write_error(e, folder)
+            if err is None:
+                raise
+            raise err from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = _read_owner(fd)
+            os.close(fd)
+            raise FolderInUse(f"{folder} is being written by another run: {_describe(owner)}; wait for it to "
+                              f"finish, or {fix}") from None  # fmt: skip
+        try:
+            current = os.stat(path)
+        except FileNotFoundError:
+            current = None
+        st = os.fstat(fd)
+        if current is not None and (current.st_dev, current.st_ino) == (st.st_dev, st.st_ino):
+            return fd
+        os.close(fd)  # its holder removed the file as it let go: lock the one now there
+
+
+def _take(fd: int, path: Path, folder: Path) -> None:
+    """Write this process into the lock file, noting a record left there by a run that was killed."""
+    from motia.utils import write_error
+
+    stale = _read_owner(fd)
+    if stale is not None:
+        log.warning("%s: took over the lock left by %s, which %s", folder, _describe(stale), _gone(stale))
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, _owner_record(), 0)
+    except OSError as e:
+        _release(fd, path, [])
+        err = write_error(e, path)
+        if err is None:
+            raise
+        raise err from e
+
+
+def _release(fd: int, path: Path, created: list[Path]) -> None:
+    """Remove the lock file while still holding it (a run waiting on it then retries on a new one), then let go."""
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+    os.close(fd)
+    _remove_empty(created)
+
+
+def _remove_empty(created: list[Path]) -> None:
+    """Remove the folders a run created and left empty (it failed before writing anything), deepest first."""
+    for folder in created:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+@contextlib.contextmanager
+def lock_run_folder(folder: str | os.PathLike, enabled: bool = True,
+                    fix: str = "write elsewhere with output.name=NEW_NAME") -> Iterator[Path]:  # fmt: skip
+    """Hold ``folder``'s lock for the block: the folder (created if missing) is this run's to write.
+
+    Another live run holding it: ``FolderInUse``, one line naming that run (pid, host,
+    command, since when) and ``fix``. A folder that cannot be written (read-only disk, no
+    permission): ``OutputError``. A lock file left by a killed run is taken over with a
+    warning. The same thread may take a lock it holds again (a stage inside a run); the
+    lock goes at the end of the outermost block. ``enabled=False`` (the other processes of
+    a launch, whose main process writes) holds nothing. Folders created here and left
+    empty by the block are removed.
+    """
+    folder = Path(folder)
+    if not enabled:
+        yield folder
+        return
+    path = folder / LOCK_FILE
+    created = _make_folder(folder)
+    key, me = str(path.resolve()), threading.get_ident()
+    with _held_guard:
+        holder = _held.get(key)
+    if holder == me:  # held by the run around this stage: it lets go at its end
+        yield folder
+        return
+    if holder is not None:
+        raise FolderInUse(f"{folder} is being written by another job of this process (pid {os.getpid()}); "
+                          f"wait for it to finish, or {fix}")  # fmt: skip
+    try:
+        fd = _acquire(path, folder, fix)
+        _take(fd, path, folder)
+    except BaseException:
+        _remove_empty(created)
+        raise
+    with _held_guard:
+        _held[key] = me
+    try:
+        yield folder
+    finally:
+        with _held_guard:
+            del _held[key]
+        _release(fd, path, created)

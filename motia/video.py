@@ -17,7 +17,8 @@ Conventions
   replicating the last column or row, so the mp4 is at most one pixel wider/taller
   than the frames given; ``write_gif`` and ``write_frames`` keep the real size.
 - All writers are atomic (``motia.utils.atomic_path``): a failure leaves nothing
-  under the final name. ``VideoWriter``, ``FrameWriter`` and ``GifWriter`` take
+  under the final name, and a full or read-only disk is one ``OutputError`` naming
+  the file. ``VideoWriter``, ``FrameWriter`` and ``GifWriter`` take
   frames chunk by chunk (``write_video`` & co. are one-call wrappers), so a long
   clip is encoded as it is produced; ``iter_frames`` is the matching reader that
   decodes a source chunk by chunk at its own size.
@@ -49,7 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from motia.errors import ConfigError, InputError
-from motia.utils import atomic_path
+from motia.utils import abort_atomic, atomic_path, raise_write_error
 
 logger = logging.getLogger(__name__)
 
@@ -806,11 +807,29 @@ def _x264_asm() -> str | None:
     return None
 
 
+# The most an H.264 stream at crf 18 takes per pixel (bits), for the free-space check before a
+# run: about 7x what camera-like pans measured (0.18-0.29 at crf 18, preset medium), below pure
+# noise (6.2). x264 roughly halves the rate per 6 crf; 12 bits is raw yuv420p.
+MP4_BITS_PER_PIXEL_CRF18 = 2.0
+
+
+def mp4_bytes_bound(frames: int, height: int, width: int, crf: int = 18) -> int:
+    """About the most bytes an mp4 of these frames takes at ``crf`` (camera footage; noise takes more)."""
+    bits = min(12.0, MP4_BITS_PER_PIXEL_CRF18 * 2 ** ((18 - crf) / 6))
+    return int(frames * (height + height % 2) * (width + width % 2) * bits / 8) + (16 << 10)  # + headers, index
+
+
 class Finishing:
     """Base of the writers whose files appear complete at ``close()`` or not at all (``abort()``).
 
-    As a context manager: ``close`` when the block succeeds, ``abort`` when it raises.
+    ``finish()`` completes the file under its temporary name, ``close()`` finishes it (if
+    not yet) and renames it into place: several outputs can all be finished before any is
+    renamed, so a failure while finishing one leaves every earlier file as it was. As a
+    context manager: ``close`` when the block succeeds, ``abort`` when it raises.
     """
+
+    def finish(self) -> None:
+        """Complete the file under its temporary name (the frames given so far are all of it)."""
 
     def close(self):
         raise NotImplementedError
@@ -871,7 +890,7 @@ class VideoWriter(Finishing):
         self._shape = None
         self._stack = None  # holds the atomic temporary path once the first frame arrives
         self._container = self._video = self._audio = None
-        self._done = False
+        self._done = self._finished = False
 
     def _open(self, shape: tuple[int, int, int]) -> None:
         import av
@@ -921,22 +940,25 @@ class VideoWriter(Finishing):
         chunk = to_uint8(frames)  # (n, H, W, 3)
         if not len(chunk):
             return
-        if self._shape is None:
-            self._shape = chunk.shape[1:]
-            self._open(self._shape)
-        elif chunk.shape[1:] != self._shape:
+        if self._shape is not None and chunk.shape[1:] != self._shape:
             raise ValueError(f"frame size changed from {self._shape} to {chunk.shape[1:]} in {self.path}")
-        for frame in _pad_even(chunk):
-            for packet in self._video.encode(self._yuv(frame, self.frames)):
-                self._container.mux(packet)
-            self.frames += 1
-        if self._audio is not None:
-            self._audio.until(self.frames / float(self.rate))
+        try:
+            if self._shape is None:
+                self._shape = chunk.shape[1:]
+                self._open(self._shape)
+            for frame in _pad_even(chunk):
+                for packet in self._video.encode(self._yuv(frame, self.frames)):
+                    self._container.mux(packet)
+                self.frames += 1
+            if self._audio is not None:
+                self._audio.until(self.frames / float(self.rate))
+        except OSError as e:
+            raise_write_error(e, self.path)
 
-    def close(self) -> Path:
-        """Flush the encoders, complete the audio and move the file into place."""
-        if self._done:
-            return self.path
+    def finish(self) -> None:
+        """Flush the encoders and complete the audio: the file is complete under its temporary name."""
+        if self._done or self._finished:
+            return
         if self._container is None:
             self._done = True
             raise ValueError(f"no frames to write to {self.path}")
@@ -946,9 +968,19 @@ class VideoWriter(Finishing):
             if self._audio is not None:
                 self._audio.finish(self.frames / float(self.rate))
             self._container.close()
+        except OSError as e:
+            self.abort()
+            raise_write_error(e, self.path)
         except BaseException:
             self.abort()
             raise
+        self._finished = True
+
+    def close(self) -> Path:
+        """Finish the file (``finish``) and move it into place."""
+        if self._done:
+            return self.path
+        self.finish()
         self._done = True
         self._stack.close()  # renames the temporary file onto the path
         return self.path
@@ -958,13 +990,13 @@ class VideoWriter(Finishing):
         if self._done:
             return
         self._done = True
-        if self._container is not None:
+        if self._container is not None and not self._finished:
             with contextlib.suppress(Exception):  # a half-written file may fail to close; it is removed anyway
                 self._container.close()
         if self._audio is not None:
             self._audio.blocks.close()
         if self._stack is not None:
-            self._stack.__exit__(RuntimeError, RuntimeError("aborted"), None)  # removes the temporary file
+            abort_atomic(self._stack)  # removes the temporary file
 
 
 def write_video(
@@ -1006,23 +1038,40 @@ class GifWriter(Finishing):
         _fps_fraction(fps)
         self.fps = fps
         self.chunks: list[np.ndarray] = []
+        self._stack = None  # holds the atomic temporary path once finished
 
     def write(self, frames: torch.Tensor | np.ndarray) -> None:
         self.chunks.append(to_uint8(frames))
 
-    def close(self) -> Path:
+    def finish(self) -> None:
+        """Write the GIF under its temporary name."""
         import imageio.v3 as iio
 
+        if self._stack is not None:
+            return
         data = np.concatenate(self.chunks, axis=0) if self.chunks else None  # (F, H, W, 3)
         self.chunks = []
         if data is None or not len(data):
             raise ValueError(f"no frames to write to {self.path}")
-        with atomic_path(self.path) as tmp:
+        stack = contextlib.ExitStack()
+        tmp = stack.enter_context(atomic_path(self.path))
+        try:
             iio.imwrite(tmp, data, plugin="pillow", extension=".gif", duration=1000.0 / self.fps, loop=0)
+        except BaseException as e:
+            stack.__exit__(type(e), e, e.__traceback__)  # removes the temporary file, converts a disk error
+            raise
+        self._stack = stack
+
+    def close(self) -> Path:
+        self.finish()
+        self._stack.close()
         return self.path
 
     def abort(self) -> None:
         self.chunks = []
+        if self._stack is not None:
+            abort_atomic(self._stack)
+            self._stack = None
 
 
 def write_gif(path: str | Path, frames: FrameSource, fps: float) -> Path:
@@ -1046,13 +1095,16 @@ class FrameWriter(Finishing):
     def write(self, frames: torch.Tensor | np.ndarray) -> None:
         from PIL import Image
 
-        if self._stack is None:
-            self._stack = contextlib.ExitStack()
-            self._tmp = self._stack.enter_context(atomic_path(self.path))
-            self._tmp.mkdir()
-        for frame in to_uint8(frames):
-            Image.fromarray(frame).save(self._tmp / f"frame_{self.frames:05d}.png")
-            self.frames += 1
+        try:
+            if self._stack is None:
+                self._stack = contextlib.ExitStack()
+                self._tmp = self._stack.enter_context(atomic_path(self.path))
+                self._tmp.mkdir()
+            for frame in to_uint8(frames):
+                Image.fromarray(frame).save(self._tmp / f"frame_{self.frames:05d}.png")
+                self.frames += 1
+        except OSError as e:
+            raise_write_error(e, self.path)
 
     def close(self) -> Path:
         if self._done:
@@ -1065,7 +1117,7 @@ class FrameWriter(Finishing):
 
     def abort(self) -> None:
         if not self._done and self._stack is not None:
-            self._stack.__exit__(RuntimeError, RuntimeError("aborted"), None)
+            abort_atomic(self._stack)
         self._done = True
 
 

@@ -1,5 +1,6 @@
 """Shared test setup: offline hub, CPU threads, and the cached tiny model bundle."""
 
+import contextlib
 import os
 
 # Must happen before anything imports huggingface_hub, or hub ids wait on retries.
@@ -59,24 +60,32 @@ def app_server(tmp_path_factory):
     ``folder/adapters``, gradio's uploads to ``folder/gradio``; the server's log is
     ``folder/app.log``.
     """
+    with serve_app(tmp_path_factory.mktemp("app")) as served:
+        yield served
+
+
+@contextlib.contextmanager
+def serve_app(folder, host: str = "127.0.0.1", args=(), env=None):
+    """`motia app configs/tiny.yaml --host HOST ARGS` run in ``folder`` on a free port until the block ends;
+    yields ``(url, folder)`` with the url on 127.0.0.1 (``app_server``'s layout)."""
     import socket
     import subprocess
     import sys
     import time
+    import urllib.error
     import urllib.request
     from pathlib import Path
 
     pytest.importorskip("gradio", reason='the app tests need gradio: pip install "motia[app]"')
-    folder = tmp_path_factory.mktemp("app")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     # Started from its own folder as a user would, with the repo's configs/ beside it: the page then shows
     # short paths (configs/tiny.yaml, outputs/...), also in the README's screenshot.
     (folder / "configs").symlink_to(Path(__file__).resolve().parent.parent / "configs", target_is_directory=True)
-    env = {**os.environ, "MOTIA_ADAPTERS": str(folder / "adapters"), "GRADIO_TEMP_DIR": str(folder / "gradio"),
-           "GRADIO_ANALYTICS_ENABLED": "False"}  # fmt: skip
-    cmd = [sys.executable, "-m", "motia", "app", "configs/tiny.yaml", "--host", "127.0.0.1", "--port", str(port),
+    env = {**{k: v for k, v in os.environ.items() if k != "MOTIA_APP_AUTH"}, "MOTIA_ADAPTERS": str(folder / "adapters"),
+           "GRADIO_TEMP_DIR": str(folder / "gradio"), "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})}  # fmt: skip
+    cmd = [sys.executable, "-m", "motia", "app", "configs/tiny.yaml", "--host", host, "--port", str(port), *args,
            *APP_OVERRIDES, "output.dir=outputs"]  # fmt: skip
     log = open(folder / "app.log", "w")
     proc = subprocess.Popen(cmd, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -89,6 +98,8 @@ def app_server(tmp_path_factory):
             try:
                 with urllib.request.urlopen(url + "/config", timeout=5):
                     break
+            except urllib.error.HTTPError:  # it answers (a page behind a login says 401)
+                break
             except OSError:
                 if time.monotonic() > deadline:
                     pytest.fail(f"motia app did not answer in 120 s:\n{(folder / 'app.log').read_text()[-3000:]}")

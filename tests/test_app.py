@@ -211,18 +211,105 @@ def test_without_gradio_the_verb_says_how_to_install(monkeypatch, capsys):
 @pytest.mark.parametrize(
     "argv, want",
     [
-        (["app"], (None, [], "127.0.0.1", None)),
-        (["app", "sample.steps=3", "--port", "9000"], (None, ["sample.steps=3"], "127.0.0.1", 9000)),
-        (["app", TINY, "seed=2", "--host", "0.0.0.0"], (TINY, ["seed=2"], "0.0.0.0", None)),
+        (["app"], (None, [], "127.0.0.1", None, None, None, False)),
+        (["app", "sample.steps=3", "--port", "9000"], (None, ["sample.steps=3"], "127.0.0.1", 9000, None, None, False)),
+        (["app", TINY, "seed=2", "--host", "0.0.0.0", "--auth-file", "pw"],
+         (TINY, ["seed=2"], "0.0.0.0", None, None, "pw", False)),
+        (["app", "--host", "0.0.0.0", "--no-auth"], (None, [], "0.0.0.0", None, None, None, True)),
+        (["app", "--auth", "ada:pw"], (None, [], "127.0.0.1", None, "ada:pw", None, False)),
     ],
 )
 def test_app_verb_arguments(monkeypatch, argv, want):
     import motia.app
 
     got = []
-    monkeypatch.setattr(motia.app, "launch", lambda config, overrides, host, port: got.append((config, overrides,
-                                                                                                host, port)))  # fmt: skip
+    monkeypatch.setattr(motia.app, "launch", lambda config, overrides, host, port, auth, auth_file, no_auth: got.append(
+        (config, overrides, host, port, auth, auth_file, no_auth)))  # fmt: skip
     assert main(argv) == 0 and got == [want]
+
+
+# ----------------------------------------------------------------------------- a password off loopback
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.20", "::", "my-box.local"])
+def test_off_loopback_without_a_password_refuses_in_one_line(monkeypatch, capsys, host):
+    monkeypatch.delenv("MOTIA_APP_AUTH", raising=False)
+    monkeypatch.setitem(sys.modules, "gradio", None)  # refused before gradio is even needed
+    assert main(["app", TINY, "--host", host]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: --host {host} serves the app to other machines: give it a password with --auth-file FILE "
+                   "(a line USER:PASSWORD), $MOTIA_APP_AUTH=USER:PASSWORD or --auth USER:PASSWORD, or pass --no-auth "
+                   "to serve it open to anyone who reaches the port"]  # fmt: skip
+
+
+def test_where_the_password_comes_from(tmp_path, caplog):
+    from motia.app import resolve_auth
+
+    pw = tmp_path / "pw"
+    pw.write_text("# the app's login\n\nada:s3cr:et\n")
+    pw.chmod(0o600)
+    env = {"MOTIA_APP_AUTH": "env:pw"}
+    assert resolve_auth("0.0.0.0", auth="ada:x") == ("ada", "x")
+    assert resolve_auth("0.0.0.0", auth_file=pw, environ=env) == ("ada", "s3cr:et")  # the file before the variable
+    assert resolve_auth("0.0.0.0", environ=env) == ("env", "pw")
+    for host in ("127.0.0.1", "127.0.1.1", "localhost", "::1", "[::1]"):  # loopback: optional
+        assert resolve_auth(host, environ={}) is None
+    assert resolve_auth("localhost", environ=env) == ("env", "pw")  # given, it is used there too
+    assert not caplog.records
+    assert resolve_auth("0.0.0.0", no_auth=True, environ={}) is None
+    assert [r.getMessage() for r in caplog.records] == [
+        "serving on 0.0.0.0 without a password (--no-auth): anyone who reaches this port can run jobs on this "
+        "machine and download every output"]  # fmt: skip
+    pw.chmod(0o644)
+    caplog.clear()
+    assert resolve_auth("0.0.0.0", auth_file=pw) == ("ada", "s3cr:et")
+    assert "can be read by other users of this machine" in caplog.records[0].getMessage()
+
+
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        (dict(auth="ada"), "--auth: give USER:PASSWORD"),
+        (dict(auth=":pw"), "--auth: give USER:PASSWORD"),
+        (dict(auth="a:b", auth_file="f"), "give the password one way"),
+        (dict(auth="a:b", no_auth=True), "--no-auth serves the page without a password"),
+        (dict(auth_file="/nonexistent/pw"), "--auth-file /nonexistent/pw: cannot read it"),
+        (dict(environ={"MOTIA_APP_AUTH": "nocolon"}), "$MOTIA_APP_AUTH: give USER:PASSWORD"),
+    ],
+)
+def test_bad_credentials_are_one_line_errors(kwargs, needle):
+    from motia.app import resolve_auth
+    from motia.errors import MotiaError
+
+    with pytest.raises(MotiaError) as e:
+        resolve_auth("0.0.0.0", **kwargs)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_with_a_password_a_request_without_it_is_turned_away(tmp_path_factory, tmp_path):
+    """Served on 0.0.0.0 (connected through 127.0.0.1) with --auth-file: no login, a wrong one, the right one."""
+    from conftest import serve_app
+
+    gradio_client = pytest.importorskip("gradio_client")
+    from gradio_client.exceptions import AuthenticationError
+
+    folder = tmp_path_factory.mktemp("app_auth")
+    (folder / "pw").write_text("ada:s3cr:et\n")
+    (folder / "pw").chmod(0o600)
+    with serve_app(folder, "0.0.0.0", ["--auth-file", "pw"], env={"MOTIA_APP_AUTH": ""}) as (url, _):
+        with pytest.raises(AuthenticationError, match="credentials were not provided"):
+            gradio_client.Client(url, verbose=False, analytics_enabled=False)
+        with pytest.raises(ValueError, match="Could not login"):
+            gradio_client.Client(url, auth=("ada", "wrong"), verbose=False, analytics_enabled=False)
+        import urllib.error
+        import urllib.request
+
+        with pytest.raises(urllib.error.HTTPError) as e:  # the API itself, not only the client, wants the login
+            urllib.request.urlopen(url + "/gradio_api/info", timeout=10)
+        assert e.value.code == 401
+        c = gradio_client.Client(url, auth=("ada", "s3cr:et"), verbose=False, analytics_enabled=False,
+                                 download_files=str(tmp_path))  # fmt: skip
+        assert Path(c.predict(api_name="/sample")).read_bytes() == sample_clip_path().read_bytes()
 
 
 def test_library_imports_without_gradio():
