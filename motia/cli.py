@@ -19,8 +19,11 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     if args.verb == "info":
         from .config import load_config
+        from .errors import ConfigError
 
-        print(job.describe(load_config(args.config, args.overrides)))
+        if args.num_processes is not None and args.num_processes < 1:
+            raise ConfigError(f"--num_processes must be 1 or more, got {args.num_processes}")
+        print(job.describe(load_config(args.config, args.overrides), num_processes=args.num_processes))
         return 0
     if args.verb == "preview":
         from .config import load_config

@@ -41,11 +41,13 @@ def describe_speedups(cfg: JobConfig, canvas) -> dict:
     }
 
 
-def describe(cfg: JobConfig) -> str:
+def describe(cfg: JobConfig, num_processes: int | None = None) -> str:
     """`motia info`: the resolved config, device, source, canvas, speed-ups and work, as readable YAML.
 
     Device and precision go through the checks outpainting makes, so a CUDA setting on a
-    machine without one fails here with the same one-line error.
+    machine without one fails here with the same one-line error. ``processes`` says how
+    each step's model calls would split over ``num_processes`` processes (default: as many
+    as a launcher started, else 1; ``motia.shard``).
     """
     from .models import resolve_device, resolve_dtype
     from .video import probe_video
@@ -83,9 +85,21 @@ def describe(cfg: JobConfig) -> str:
     from .known import describe_propagation
 
     out["propagation"] = describe_propagation(cfg, clip.frames, canvas)
-    out["work"] = work_estimate(cfg, f, canvas)
+    out["work"] = work = work_estimate(cfg, f, canvas)
+    out["processes"] = describe_processes(work, num_processes)
     out["schedule"] = schedule_info(cfg)
     return yaml.safe_dump(out, sort_keys=False, width=1000)
+
+
+def describe_processes(work: dict, num_processes: int | None = None) -> dict:
+    """How `motia outpaint`/`run` under ``accelerate launch --num_processes N`` would split each step's calls."""
+    from .shard import describe_split, launched_processes
+
+    world = num_processes or launched_processes()
+    out = describe_split(work["unet_calls"] // max(1, work["model_moves"]), work["model_moves"], world)
+    if world == 1:
+        out["note"] = "accelerate launch --num_processes N splits them over N processes (motia info --num_processes N)"
+    return out
 
 
 PREVIEW_MIN_SIDE = 512  # previews of smaller canvases are scaled up (nearest neighbour) to this long side

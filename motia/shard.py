@@ -73,8 +73,8 @@ def describe_split(calls_per_move: int, moves: int, world: int) -> dict:
     elif extra == 0:
         step = f"{calls_per_move} call(s) per step: {low} per process"
     else:
-        step = (f"{calls_per_move} call(s) per step: {extra} process(es) run {low + 1}, {world - extra} run {low} "
-                "(who runs the extra one rotates)")
+        step = (f"{calls_per_move} call(s) per step: {extra} of {world} processes run {low + 1}, the others {low} "
+                "(which ones run the extra call rotates)")
     out = {"num_processes": world, "per_step": step,
            "per_process": split_calls([calls_per_move] * moves, world)}  # fmt: skip
     if world > calls_per_move:

@@ -30,8 +30,8 @@ def test_owners_deal_round_robin_across_steps():
 
 def test_describe_split():
     d = describe_split(3, 13, 2)
-    assert d["per_process"] == [20, 19] and "2 process(es) run" not in d["per_step"]
-    assert d["per_step"] == "3 call(s) per step: 1 process(es) run 2, 1 run 1 (who runs the extra one rotates)"
+    assert d["per_process"] == [20, 19]
+    assert d["per_step"] == "3 call(s) per step: 1 of 2 processes run 2, the others 1 (which ones run the extra call rotates)"
     assert describe_split(4, 2, 2)["per_step"] == "4 call(s) per step: 2 per process"
     assert "idle" in describe_split(2, 5, 8)["note"]
     assert describe_split(2, 5, 1)["per_process"] == [10]
