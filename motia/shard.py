@@ -29,6 +29,7 @@ Only public torch.distributed and accelerate API. On CPU the group is gloo, on C
 from __future__ import annotations
 
 import os
+import re
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -226,7 +227,14 @@ class Shard:
         try:
             dist.all_gather(parts, tensor, group=self.group)
         except RuntimeError as e:  # a process died, or the collective timed out
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise MotiaError(f"process {self.rank} of {self.world} lost the others while gathering predictions "
-                             f"({first}); another process stopped: see its error") from e  # fmt: skip
+            who = f"process {1 - self.rank}" if self.world == 2 else "another process (the launcher's report names it)"
+            raise MotiaError(f"process {self.rank} of {self.world} stopped: {who} stopped while the predictions "
+                             f"were gathered ({_first_words(e)})") from e  # fmt: skip
         return torch.stack(parts)
+
+
+def _first_words(error: Exception) -> str:
+    """The gist of a backend's error: gloo's first line without its source location and advice."""
+    text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    text = re.sub(r"^\[[^\]]*\.(cc|cpp|h):\d+\]\s*", "", text)
+    return text.split(". This is typically")[0]

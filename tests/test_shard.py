@@ -180,8 +180,18 @@ def _worker(rank: int, world: int, folder: str) -> None:
     except MotiaError as e:
         seen["out_of_step"] = str(e)
 
+    # 6. a process that dies: the other stops at its next gather, naming it
     torch.save(seen, os.path.join(folder, f"rank{rank}.pt"))
-    dist.destroy_process_group()
+    if rank == 1:
+        os._exit(0)  # no goodbye: as a killed process
+    shard = Shard(rank, world, "cpu")
+    try:
+        list(shard(STEPS[0][0], _call))
+        seen["peer_died"] = None
+    except MotiaError as e:
+        seen["peer_died"] = str(e)
+    torch.save(seen, os.path.join(folder, f"rank{rank}.pt"))
+    os._exit(0)  # a group with a dead peer cannot be torn down cleanly (gloo aborts at exit)
 
 
 @pytest.fixture(scope="module")
@@ -226,6 +236,11 @@ def test_a_failing_process_stops_the_others_naming_it(two_processes):
     assert (kind1, msg1) == ("RuntimeError", "out of memory (test)")  # its own error
     assert kind0 == "MotiaError"
     assert msg0 == "process 1 of 2 failed (RuntimeError: out of memory (test)); every process stopped"
+
+
+def test_a_process_that_dies_stops_the_other_naming_it(two_processes):
+    assert two_processes[0]["peer_died"].startswith(
+        "process 0 of 2 stopped: process 1 stopped while the predictions were gathered (")
 
 
 def test_processes_out_of_step_are_refused(two_processes):
