@@ -55,6 +55,7 @@ from motia.errors import ConfigError, InputError
 from motia.geometry import control_video, sample_border_mask
 from motia.runs import check_adapter_folder
 from motia.utils import atomic_path, peak_memory_bytes
+from motia.vae import encode_frames
 from motia.video import hash_unit_frames, unit_frames
 
 logger = logging.getLogger(__name__)
@@ -151,21 +152,6 @@ def crop_to_multiple(frames: torch.Tensor, multiple: int) -> torch.Tensor:
         raise InputError(f"the clip's frames are {h}x{w} pixels; adaptation needs at least {multiple}x{multiple}")
     top, left = (h - ch) // 2, (w - cw) // 2
     return frames[..., top : top + ch, left : left + cw]
-
-
-@torch.no_grad()
-def encode_frames(vae, frames: torch.Tensor, chunk: int, device) -> torch.Tensor:
-    """(F, 3, H, W) uint8, or float in [0, 1] -> (F, 4, H/8, W/8) float32 CPU latents: posterior mean x scaling_factor."""
-
-    dtype = next(vae.parameters()).dtype
-    out = []
-    for i in range(0, frames.shape[0], chunk):
-        x = unit_frames(frames[i : i + chunk]).to(device=device, dtype=dtype) * 2 - 1  # (n, 3, H, W) in [-1, 1]
-        out.append(vae.encode(x).latent_dist.mean.float().cpu())
-    latents = torch.cat(out) * vae.config.scaling_factor  # (F, 4, h, w)
-    if not torch.isfinite(latents).all():
-        raise InputError(f"the VAE gave non-finite latents in {dtype}; run with models.dtype=fp32")
-    return latents
 
 
 def cached_latents(path: Path, key: str, compute: Callable[[], torch.Tensor]) -> torch.Tensor:

@@ -134,6 +134,26 @@ class PropagationSection(_Section):
         return self
 
 
+class RefineSection(_Section):
+    """Coarse-to-fine (motia.outpaint): a coarse pass of the whole canvas at the models' scale, then an
+    SDEdit refine pass at the output's scale in spatial tiles. ``outpaint.refine=on`` sets ``mode``."""
+
+    mode: Literal["off", "on", "auto"] = "auto"  # auto: when the output is > auto_ratio x the coarse canvas
+    coarse_size: int = Field(512, ge=64)  # the coarse canvas's short side in pixels (what SD1.5 was trained at)
+    scale: Literal["output"] | float = "output"  # refine canvas: the output's scale, or this factor x the coarse one
+    max_side: int = Field(4096, ge=64)  # the refine canvas's long side at most (px); the scale is capped to it
+    strength: float = Field(0.4, ge=0, le=1)  # SDEdit noise level: the refine runs the last strength x steps
+    steps: int = Field(25, ge=1)  # the refine's DDIM schedule length (it runs round(strength x steps) of it)
+    auto_ratio: float = Field(1.5, ge=1)  # auto refines when output short side / coarse_size exceeds this
+
+    @field_validator("scale")
+    @classmethod
+    def _scale(cls, v):
+        if not isinstance(v, str) and not (v > 0):
+            raise ValueError("must be 'output' or a factor > 0 of the coarse scale")
+        return v
+
+
 class OutpaintConfig(_Section):
     """The canvas: per-side expansion fractions, or a target size, or a target aspect."""
 
@@ -148,6 +168,15 @@ class OutpaintConfig(_Section):
     # auto = where the camera motion can reveal any (and OpenCV imports); off = the paper's method.
     propagate: Literal["off", "on", "auto"] = "auto"
     propagation: PropagationSection = PropagationSection()
+    refine: RefineSection = RefineSection()
+
+    @field_validator("refine", mode="before")
+    @classmethod
+    def _refine_mode(cls, v):
+        # `outpaint.refine=on` (or off/auto; YAML 1.1 reads on/off as booleans) sets the mode alone.
+        if isinstance(v, bool):
+            v = "on" if v else "off"
+        return {"mode": v} if isinstance(v, str) else v
 
     @field_validator("propagate", mode="before")
     @classmethod
@@ -264,6 +293,23 @@ class RAUSection(_Section):
     fraction: float = Field(0.4, ge=0, le=1)  # active on the steps with index < fraction * steps
 
 
+class TilesSection(_Section):
+    """Spatial tiles (motia.tiles): every model call sees one window x tile box, blended per latent cell."""
+
+    enabled: bool | Literal["auto"] = "auto"  # auto: tiles when the canvas exceeds one tile
+    size: int = Field(512, ge=64)  # tile side in pixels (a multiple of 8: SD1.5's 512)
+    overlap: int = Field(128, ge=0)  # pixels shared by neighbouring tiles
+    weights: Literal["gaussian", "pyramid", "flat"] = "gaussian"  # spatial blend profile (MultiDiffusion's gaussian)
+
+    @model_validator(mode="after")
+    def _fits(self):
+        if self.size % 8:
+            raise ValueError(f"size must be a multiple of 8 (the latent grid), got {self.size}")
+        if self.overlap % 8 or self.overlap >= self.size:
+            raise ValueError(f"overlap must be a multiple of 8 below size {self.size}, got {self.overlap}")
+        return self
+
+
 class SampleConfig(_Section):
     """Pattern-aware outpainting: DDIM sampling with windows, guidance, regret, insertion."""
 
@@ -281,6 +327,7 @@ class SampleConfig(_Section):
     controlnet_scale: float = Field(1.0, ge=0)
     window_attention: WindowAttentionSection = WindowAttentionSection()
     rau: RAUSection = RAUSection()
+    tiles: TilesSection = TilesSection()
     decode_chunk: int = Field(8, ge=1)  # frames per VAE decode call
     channels_last: bool = False  # UNet + ControlNet weights in channels-last during sampling
     compile: bool = False  # torch.compile the UNet's forward for the run (first calls compile)

@@ -337,3 +337,254 @@ def describe_propagation(cfg: JobConfig, frames: torch.Tensor, canvas: Canvas, s
         out["note"] = "share of new-region pixels taken from other frames instead of generated"
     out["seconds"] = round(time.perf_counter() - t0, 2)
     return out
+
+
+# ----------------------------------------------------------------------------- one home for what frames know
+
+
+class FrameStore:
+    """Arrays (F, H, W, C) of one dtype by frame: in memory when small, else in an unlinked temporary file.
+
+    The file is read and written with pread/pwrite (no memory map), so its frames sit in the
+    OS page cache, not in this process's memory; a region is read as its rows, then cut to
+    its columns. Nothing is left behind, even on a crash (the file has no name).
+    """
+
+    def __init__(self, num_frames: int, height: int, width: int, channels: int, dtype=np.uint8,
+                 folder: str | None = None, ram_bytes: int = 256 << 20):
+        self.shape = (int(num_frames), int(height), int(width), int(channels))
+        self.dtype = np.dtype(dtype)
+        self.nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
+        self._array = self._file = None
+        if self.nbytes <= ram_bytes:
+            self._array = np.zeros(self.shape, self.dtype)
+        else:
+            import tempfile
+
+            self._file = tempfile.TemporaryFile(prefix=".motia-frames.", dir=folder)
+            self._file.truncate(self.nbytes)  # sparse: reads as zeros until written
+
+    def _row_bytes(self) -> int:
+        return self.shape[2] * self.shape[3] * self.dtype.itemsize
+
+    def write(self, t: int, frame: np.ndarray) -> None:
+        """Store frame t, (H, W, C)."""
+        frame = np.ascontiguousarray(frame, dtype=self.dtype)
+        if frame.shape != self.shape[1:]:
+            raise ValueError(f"frame {t} has shape {frame.shape}, the store holds {self.shape[1:]}")
+        if self._array is not None:
+            self._array[t] = frame
+            return
+        import os
+
+        os.pwrite(self._file.fileno(), frame.tobytes(), t * self.shape[1] * self._row_bytes())
+
+    def read(self, frames: Sequence[int], region: tuple[int, int, int, int] | None = None) -> np.ndarray:
+        """(n, h, w, C) of the frames, cut to ``region`` (top, left, bottom, right) if given (a copy)."""
+        _, height, width, _ = self.shape
+        top, left, bottom, right = region if region is not None else (0, 0, height, width)
+        if self._array is not None:
+            return self._array[list(frames), top:bottom, left:right].copy()
+        import os
+
+        out = np.empty((len(frames), bottom - top, right - left, self.shape[3]), self.dtype)
+        row = self._row_bytes()
+        for j, t in enumerate(frames):
+            raw = os.pread(self._file.fileno(), (bottom - top) * row, (t * height + top) * row)
+            out[j] = np.frombuffer(raw, self.dtype).reshape(bottom - top, width, -1)[:, left:right]
+        return out
+
+    def close(self) -> None:
+        self._array = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+Region = tuple[int, int, int, int]  # (top, left, bottom, right) in pixels of the canvas
+
+
+class KnownFrames:
+    """What each frame of a clip knows on one canvas, at that canvas's scale: its source box and propagated pixels.
+
+    One home for both stages: the coarse stage builds it at the model's scale
+    (``at_model_scale``), the refine stage at the output's (``at_scale``). It serves, for
+    any frames and optionally one region (a spatial tile) only: the known mask, the known
+    image (0 elsewhere), the ControlNet's control frames (-1 elsewhere), the source; for
+    the whole clip the known latents and their mask (``latents``); and the paste of the
+    known pixels onto generated frames (``paste``).
+
+    Storage: one ``FrameStore`` (F, H, W, 4) of the clip's dtype (uint8 as read, or
+    float32 in [0, 1]): RGB of the known pixels (0 elsewhere) and a known flag, so a
+    tile's control frames are read from its rows alone.
+    """
+
+    def __init__(self, canvas: Canvas, store: FrameStore, filled_frames: Sequence[bool]):
+        self.canvas, self.store = canvas, store
+        self.num_frames = store.shape[0]
+        self._filled = [bool(f) for f in filled_frames]
+        self._unit = 255.0 if store.dtype == np.uint8 else 1.0
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def build(cls, canvas: Canvas, num_frames: int, source: Callable[[int], np.ndarray],
+              propagated: Callable[[int], tuple[np.ndarray, np.ndarray] | None] | None = None,
+              dtype=np.uint8, folder: str | None = None) -> "KnownFrames":
+        """Frame by frame: ``source(t)`` (src_h, src_w, 3) in its box; ``propagated(t)``: (mask (H, W) bool, values (K, 3)) or None.
+
+        Values are in the store's ``dtype`` units: 0..255 for uint8, [0, 1] for float32.
+        """
+        c = canvas
+        top, left, bottom, right = c.box
+        store = FrameStore(num_frames, c.height, c.width, 4, dtype, folder)
+        on = 255 if store.dtype == np.uint8 else 1.0
+        filled = []
+        try:
+            for t in range(num_frames):
+                frame = np.zeros((c.height, c.width, 4), store.dtype)
+                extra = propagated(t) if propagated is not None else None
+                if extra is not None and extra[0].any():
+                    mask, values = extra
+                    frame[mask, :3] = values
+                    frame[mask, 3] = on
+                filled.append(extra is not None and bool(extra[0].any()))
+                frame[top:bottom, left:right, :3] = source(t)
+                frame[top:bottom, left:right, 3] = on
+                store.write(t, frame)
+        except BaseException:
+            store.close()
+            raise
+        return cls(canvas, store, filled)
+
+    @classmethod
+    def at_model_scale(cls, canvas: Canvas, frames: torch.Tensor, prop: "ClipPropagation | None" = None,
+                       folder: str | None = None) -> "KnownFrames":
+        """From the clip's frames (F, 3, src_h, src_w) (uint8, or float in [0, 1]) and its propagation on ``canvas``."""
+        uint8 = frames.dtype == torch.uint8
+
+        def source(t):
+            return frames[t].permute(1, 2, 0).numpy()
+
+        def propagated(t):
+            if prop is None or not prop.frame_filled(t):
+                return None
+            a, b = int(prop.offsets[t]), int(prop.offsets[t + 1])
+            values = prop.values[a:b].numpy()
+            return prop.masks[t].numpy(), values if uint8 else values.astype(np.float32) / 255.0
+
+        if prop is not None and prop.filled and prop.canvas != canvas:
+            raise ValueError(f"the propagation is on {prop.canvas}, not on {canvas}")
+        return cls.build(canvas, int(frames.shape[0]), source, propagated, np.uint8 if uint8 else np.float32, folder)
+
+    @classmethod
+    def at_scale(cls, canvas: Canvas, num_frames: int, source: Callable[[int], np.ndarray],
+                 prop: "ClipPropagation | None" = None, folder: str | None = None) -> "KnownFrames":
+        """At another scale: ``source(t)`` uint8 (src_h, src_w, 3) at ``canvas``'s box size; the clip's propagation
+        (found at the model's scale) repeated here (``OutputPropagation``), frame by frame."""
+        known = cls.build(canvas, num_frames, source, None, np.uint8, folder)
+        if prop is None or not prop.filled:
+            return known
+        top, left, bottom, right = canvas.box
+
+        def read_source(i):  # the propagation reads other frames' source boxes
+            return known.store.read([i], canvas.box)[0, :, :, :3]
+
+        redo = OutputPropagation(prop, canvas, read_source)
+        for t in range(num_frames):
+            got = redo.frame(t)
+            if got is None:
+                continue
+            mask, image = got[0][0].numpy().copy(), got[1]  # (H, W) bool, (3, H, W) float in [0, 1]
+            mask[top:bottom, left:right] = False
+            if not mask.any():
+                continue
+            frame = known.store.read([t])[0]
+            frame[mask, :3] = (image.permute(1, 2, 0).numpy()[mask] * 255.0).round().astype(np.uint8)
+            frame[mask, 3] = 255
+            known.store.write(t, frame)
+            known._filled[t] = True
+        return known
+
+    def close(self) -> None:
+        self.store.close()
+
+    # ------------------------------------------------------------------ per frame, per region
+    @property
+    def filled(self) -> bool:
+        """Whether any frame has propagated pixels (otherwise only the source box is known)."""
+        return any(self._filled)
+
+    def frame_filled(self, t: int) -> bool:
+        return self._filled[t]
+
+    def _read(self, frames, region: Region | None) -> torch.Tensor:
+        idx = [int(t) for t in (range(*frames.indices(self.num_frames)) if isinstance(frames, slice) else frames)]
+        # contiguous NCHW: a channels-last view would take other conv kernels (other float bits) in the VAE
+        return torch.from_numpy(self.store.read(idx, region)).permute(0, 3, 1, 2).contiguous()  # (n, 4, h, w)
+
+    def _unit_values(self, raw: torch.Tensor) -> torch.Tensor:
+        return raw.float().div_(255.0) if raw.dtype == torch.uint8 else raw.float()
+
+    def known(self, frames: Frames, region: Region | None = None) -> torch.Tensor:
+        """(n, 1, h, w) float32: 1 where the pixel is known (source box or propagated)."""
+        return (self._read(frames, region)[:, 3:] > 0).float()
+
+    def image(self, frames: Frames, region: Region | None = None) -> torch.Tensor:
+        """(n, 3, h, w) float32 in [0, 1]: the known pixels, 0 elsewhere."""
+        return self._unit_values(self._read(frames, region)[:, :3])
+
+    def control(self, frames: Frames, region: Region | None = None) -> torch.Tensor:
+        """Control frames (n, 3, h, w): the known pixels as they are, every other pixel -1."""
+        raw = self._read(frames, region)
+        return control_video(self._unit_values(raw[:, :3]), (raw[:, 3:] > 0).float())
+
+    def source(self, frames: Frames) -> torch.Tensor:
+        """(n, 3, src_h, src_w) float32 in [0, 1]: the source frames at this scale."""
+        return self.image(frames, self.canvas.box)
+
+    # ------------------------------------------------------------------ whole clip
+    def latents(self, vae, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Known latents (F, 4, h, w) float32 CPU and their mask: (h, w) for the source box alone, else (1, 1, F, h, w).
+
+        The source box's cells take the source encoded alone, edge-padded to the latent grid
+        (``geometry.pad_to_grid``); with an 8-aligned box they are exactly ``encode(source)``.
+        A frame with propagated pixels is also encoded whole (every unknown pixel filled from
+        its nearest known one, ``fill_unknown``: the same edge extension), and its cells whose
+        pixels are all known join the mask with those latents. Partly known cells stay
+        generated (the paste restores their known pixels). Encoded ``chunk`` frames at a time.
+        """
+        from motia.geometry import downsample_mask, grid_box, latent_known_mask, pad_to_grid
+        from motia.vae import encode_frames, vae_scale
+
+        scale = vae_scale(vae)
+        c = self.canvas
+        h, w = c.latent_size(scale)
+        top, left, bottom, right = (v // scale for v in grid_box(c, scale))
+        out = torch.zeros(self.num_frames, vae.config.latent_channels, h, w)  # (F, 4, h, w)
+        for i in range(0, self.num_frames, chunk):
+            frames = range(i, min(i + chunk, self.num_frames))
+            z = encode_frames(vae, pad_to_grid(self.source(frames), c, scale), chunk)  # (n, 4, gh, gw)
+            out[i : i + z.shape[0], :, top:bottom, left:right] = z
+        box_cells = latent_known_mask(c, scale)  # (h, w), 1 = all source
+        if not self.filled:
+            return out, box_cells
+        mask = box_cells.expand(self.num_frames, h, w).clone()  # (F, h, w)
+        todo = [t for t in range(self.num_frames) if self._filled[t]]
+        for i in range(0, len(todo), chunk):
+            idx = todo[i : i + chunk]
+            known = self.known(idx)  # (n, 1, H, W)
+            z = encode_frames(vae, fill_unknown(self.image(idx), known), chunk)  # (n, 4, h, w)
+            cells = downsample_mask(known[:, 0], h, w) * (1 - box_cells)  # (n, h, w): all known, not the source's own
+            out[idx] = torch.where(cells[:, None] > 0, z, out[idx])
+            mask[idx] = torch.maximum(mask[idx], cells)
+        return out, mask[None, None]  # (F, 4, h, w), (1, 1, F, h, w)
+
+    def paste(self, generated: torch.Tensor, frames: Frames, feather: float) -> torch.Tensor:
+        """``generated`` (n, 3, H, W) frames with the known pixels put back (``geometry.paste_known``, feathered seam)."""
+        from motia.geometry import paste_known
+
+        source = self.source(frames)
+        if not self.filled:
+            return paste_known(generated, source, self.canvas, feather)
+        return paste_known(generated, source, self.canvas, feather, known=self.known(frames),
+                           known_image=self.image(frames))

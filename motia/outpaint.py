@@ -1,26 +1,35 @@
-"""Pattern-aware outpainting of a clip of any length: canvas, known latents, windowed sampling, decode, paste.
+"""Pattern-aware outpainting of a clip of any length and size: plan, coarse stage, refine stage, write.
 
 ``outpaint`` takes a clip and loaded models and returns the outpainted frames;
 ``outpaint_from_config`` is the `motia outpaint` verb around it (read the clip,
-load the models, run, write the outputs). The pieces are small functions:
-``encode_prompt``, ``encode_frames``, ``decode_latents`` and ``make_denoiser``
-(the sampler's model call: ControlNet per frame + UNetMotionModel per window).
+load the models, run, write the outputs). ``outpaint`` reads top down as its stages:
 
-Memory. Only latent-sized tensors of the whole clip (noise, latents, known
-latents, the window blend) live on the device. Control frames are built per
-temporal window from the source frames when that window runs, the ControlNet and
-UNet see one window at a time, and the VAE encodes/decodes chunks of frames, so
-device memory depends on the window and the chunk, not on the clip length.
+* ``plan_outpaint``: every stage's canvas, temporal windows, spatial tiles and
+  schedule, before any model runs (``motia.planning``);
+* ``coarse_stage``: the whole canvas, every frame, at the scale the models were
+  trained for, from noise (the paper's method: guidance, noise regret, the known-region
+  blend), which fixes the layout;
+* ``refine_stage`` (coarse-to-fine, ``outpaint.refine``): the decoded coarse frames
+  upsampled to the output's scale, the known pixels pasted there, encoded, noised part
+  way (SDEdit) and denoised again in spatial tiles, so the new regions get the output's
+  detail instead of an upsampling's;
+* ``write_stage``: decode in chunks, paste the known pixels back, hand each chunk on.
 
-Propagation (``outpaint.propagate``, ``motia.known``): pixels of the new region that
-other frames show count as known, per frame: the control frames show them, the known
-latents cover the latent cells they complete (a per-frame mask), and the paste puts them
-back. When no pixel is propagated everything runs as without it.
+Both sampling stages go through ``sample_stage``: the sampler (``motia.sampler``)
+around one model call (``make_denoiser``: ControlNet per frame + UNetMotionModel per
+box), with the LoRA's insertion map, window attention and RAU-Net installed for that
+stage's canvas. What each frame knows (source and propagated pixels, control frames,
+known latents, paste) comes from one ``motia.known.KnownFrames`` per stage, at its scale.
+
+Memory. Only latent-sized tensors of the whole clip live on the device. The model sees
+one box (temporal window x spatial tile) at a time, its control frames read for that
+box alone; the VAE encodes and decodes chunks of frames, in tiles at the refine scale
+(``motia.vae.tiled``); frames at the output's scale pass through one chunk at a time.
 
 Conventions: frames (F, 3, H, W) float in [0, 1] on the CPU; latents
 (B, 4, F, h, w) float32, B = 1; the known-latent mask is 1 where every pixel of a
-latent cell is known: source (``geometry.latent_known_mask``, (h, w)) or, with
-propagated pixels, source or propagated (``encode_known_frames``, (1, 1, F, h, w)).
+latent cell is known ((h, w) for the source box alone, (1, 1, F, h, w) with
+propagated pixels).
 """
 
 from __future__ import annotations
@@ -34,33 +43,91 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
 from motia.config import JobConfig
-from motia.errors import ConfigError, InputError, MotiaError
+from motia.errors import ConfigError, InputError
+from motia.vae import decode_latents, encode_frames, tiled, vae_scale  # noqa: F401  (decode_latents: public here)
 
 log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
+# Frames at the refine scale handled at once (decode, upsample, paste, encode): bounds every
+# float copy of a frame (a 3416x1920 frame is 79 MB in float32).
+_REFINE_CHUNK_BYTES = 96 << 20
 
-Control = torch.Tensor | Callable[[int, int], torch.Tensor]
+Control = torch.Tensor | Callable[..., torch.Tensor]
+
+
+@dataclass
+class StagePlan:
+    """One sampling stage, known before it runs: canvas, windows, tiles, schedule, work (``motia.planning``)."""
+
+    name: str  # "coarse" or "refine"
+    canvas: object  # motia.geometry.Canvas
+    windows: list  # [(start, end)] temporal windows
+    tiles: list  # [(top, left, bottom, right)] in latent cells; one covering the canvas = untiled
+    first_step: int  # index into the ``steps``-long DDIM schedule where the stage starts
+    steps: int  # the schedule's length
+    work: dict  # planning.work_estimate
+
+    @property
+    def tiled(self) -> bool:
+        h, w = self.canvas.latent_size(self.scale)
+        return [tuple(t) for t in self.tiles] != [(0, 0, h, w)]
+
+    @property
+    def box(self) -> tuple[int, int]:
+        """(H, W) pixels of the largest box one model call sees: the largest tile (the canvas when untiled)."""
+        return (max(b - t for t, _, b, _ in self.tiles) * self.scale,
+                max(r - left for _, left, _, r in self.tiles) * self.scale)
+
+    @property
+    def scale(self) -> int:
+        return self.work.get("vae_scale", 8)
+
+    def describe(self) -> dict:
+        """For summary.json: size, tiles, calls (seconds are added by the run)."""
+        c = self.canvas
+        return {"canvas": f"{c.width}x{c.height} (W x H)", "latent": self.work["latent"], "tiles": len(self.tiles),
+                "windows": len(self.windows), "steps": self.work["steps"], "unet_calls": self.work["unet_calls"],
+                "skipped_boxes": self.work["skipped_boxes"]}
+
+
+@dataclass
+class OutpaintPlan:
+    """The run's stages: the coarse one, and the refine one when ``outpaint.refine`` is on for this clip."""
+
+    num_frames: int
+    coarse: StagePlan
+    refine: StagePlan | None = None
+
+    @property
+    def stages(self) -> list[StagePlan]:
+        return [self.coarse] + ([self.refine] if self.refine is not None else [])
+
+    @property
+    def final(self) -> StagePlan:
+        return self.stages[-1]
 
 
 @dataclass
 class OutpaintResult:
     """What ``outpaint`` returns. ``frames`` is None when a ``sink`` consumed the decoded chunks."""
 
-    frames: torch.Tensor | None  # (F, 3, H, W) float32 CPU in [0, 1]
-    latents: torch.Tensor  # (1, 4, F, h, w) float32 CPU, the clean sampled latents
-    canvas: object  # motia.geometry.Canvas
-    timings: dict[str, float] = field(default_factory=dict)  # seconds: propagate, encode, sample, decode, total
-    work: dict = field(default_factory=dict)  # planning.work_estimate: frames, windows, UNet calls, ...
+    frames: torch.Tensor | None  # (F, 3, H, W) float32 CPU in [0, 1], on ``canvas``
+    latents: torch.Tensor  # (1, 4, F, h, w) float32 CPU, the clean sampled latents of the last stage
+    canvas: object  # motia.geometry.Canvas of the coarse stage (the model's scale)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: propagate, encode, sample, refine, decode, total
+    work: dict = field(default_factory=dict)  # the coarse stage's planning.work_estimate (plus "stages")
     peak_memory: dict[str, int] = field(default_factory=dict)  # bytes: after sampling, at the end
     prompt: str = ""
     propagation: object | None = None  # motia.known.ClipPropagation (None only when built by hand)
+    final_canvas: object | None = None  # the canvas ``frames``/``latents`` are on (the refine one when it ran)
+    stages: dict = field(default_factory=dict)  # per stage: canvas, tiles, calls, seconds
 
 
 # ----------------------------------------------------------------------------- small pieces
@@ -91,87 +158,19 @@ def encode_prompt(components, prompt: str, negative: str = "") -> tuple[torch.Te
     return cond.to(dtype), uncond.to(dtype)
 
 
-def encode_frames(vae, frames: torch.Tensor, chunk: int) -> torch.Tensor:
-    """(F, 3, H, W) in [0, 1] -> (F, 4, H/8, W/8) float32 CPU latents: posterior mean x scaling_factor, chunked."""
-    from motia.adapt import encode_frames as _encode  # same latents as adaptation cached
-
-    return _encode(vae, frames, chunk, next(vae.parameters()).device)
-
-
 def encode_known(vae, source: torch.Tensor, canvas, chunk: int) -> torch.Tensor:
-    """Known latents (F, 4, h, w) float32 CPU on the canvas's latent grid, from the source alone.
+    """Known latents (F, 4, h, w) float32 CPU on the canvas's latent grid, from the source (F, 3, sh, sw) alone.
 
-    The source is edge-padded out to the latent grid (``geometry.pad_to_grid``), encoded
-    ``chunk`` frames at a time and placed at its cells; cells outside are 0 (the known mask
-    discards them). With an 8-aligned box the box's cells are exactly ``encode(source)``.
+    ``motia.known.KnownFrames.latents`` without propagated pixels: the source edge-padded to
+    the latent grid, encoded ``chunk`` frames at a time, placed at its cells; 0 outside.
     """
-    from motia.geometry import grid_box, pad_to_grid
-    from motia.video import unit_frames
+    from motia.known import KnownFrames
 
-    scale = 2 ** (len(vae.config.block_out_channels) - 1)
-    h, w = canvas.latent_size(scale)
-    top, left, bottom, right = (v // scale for v in grid_box(canvas, scale))
-    out = torch.zeros(source.shape[0], vae.config.latent_channels, h, w)  # (F, 4, h, w)
-    for i in range(0, source.shape[0], chunk):
-        z = encode_frames(vae, pad_to_grid(unit_frames(source[i : i + chunk]), canvas, scale), chunk)  # (n, 4, gh, gw)
-        out[i : i + z.shape[0], :, top:bottom, left:right] = z
-    return out
-
-
-def encode_known_frames(vae, source: torch.Tensor, canvas, chunk: int, prop) -> tuple[torch.Tensor, torch.Tensor]:
-    """Known latents (F, 4, h, w) and their per-frame mask (1, 1, F, h, w), propagated pixels counted as known.
-
-    The source's own cells (``latent_known_mask``) keep the latents of the source encoded
-    alone (``encode_known``), as without propagation. A frame with propagated pixels
-    (``prop``, a ``motia.known.ClipPropagation``) is also encoded whole: source and
-    propagated pixels, every other pixel filled from its nearest known one
-    (``known.fill_unknown``, the edge extension the source alone gets); its cells whose
-    pixels are all known, source or propagated, take those latents and join the mask.
-    Partly known cells stay generated (the paste restores their known pixels).
-    """
-    from motia.geometry import downsample_mask, latent_known_mask
-    from motia.known import fill_unknown
-    from motia.video import unit_frames
-
-    scale = 2 ** (len(vae.config.block_out_channels) - 1)
-    h, w = canvas.latent_size(scale)
-    latents = encode_known(vae, source, canvas, chunk)  # (F, 4, h, w)
-    box_cells = latent_known_mask(canvas, scale)  # (h, w), 1 = all source
-    mask = box_cells.expand(source.shape[0], h, w).clone()  # (F, h, w)
-    todo = [t for t in range(source.shape[0]) if prop.frame_filled(t)]
-    for i in range(0, len(todo), chunk):
-        idx = todo[i : i + chunk]
-        known = prop.known(idx)  # (n, 1, H, W)
-        pixels = fill_unknown(prop.image(unit_frames(source[idx]), idx), known)  # (n, 3, H, W)
-        z = encode_frames(vae, pixels, chunk)  # (n, 4, h, w)
-        cells = downsample_mask(known[:, 0], h, w) * (1 - box_cells)  # (n, h, w): all known, not the source's own
-        latents[idx] = torch.where(cells[:, None] > 0, z, latents[idx])
-        mask[idx] = torch.maximum(mask[idx], cells)
-    return latents, mask[None, None]  # (F, 4, h, w), (1, 1, F, h, w)
-
-
-@torch.no_grad()
-def decode_latents(vae, latents: torch.Tensor, chunk: int) -> Iterator[torch.Tensor]:
-    """Yield decoded frames (n, 3, H, W) float32 CPU in [0, 1], ``chunk`` frames per VAE call.
-
-    ``latents`` is (B, 4, F, h, w) (frames of every batch row in turn) or (F, 4, h, w),
-    scaled by ``scaling_factor`` as the sampler produces them. Only one chunk is
-    on the device at a time.
-    """
-    if latents.dim() == 5:
-        b, c, f, h, w = latents.shape
-        latents = latents.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)  # (B*F, 4, h, w)
-    param = next(vae.parameters())
-    scale = vae.config.scaling_factor
-    for i in range(0, latents.shape[0], chunk):
-        z = latents[i : i + chunk].to(device=param.device, dtype=param.dtype) / scale  # (n, 4, h, w)
-        pixels = vae.decode(z).sample.float()  # (n, 3, H, W) in about [-1, 1]
-        if not torch.isfinite(pixels).all():
-            raise MotiaError(
-                f"the VAE decoded non-finite pixels in {param.dtype}; run with models.dtype=fp32 "
-                "or models.vae=stabilityai/sd-vae-ft-mse"
-            )
-        yield (pixels / 2 + 0.5).clamp(0, 1).cpu()
+    known = KnownFrames.at_model_scale(canvas, source)
+    try:
+        return known.latents(vae, chunk)[0]
+    finally:
+        known.close()
 
 
 def make_denoiser(
@@ -179,23 +178,34 @@ def make_denoiser(
     text: tuple[torch.Tensor, torch.Tensor],
     control: Control,
     controlnet_scale: float = 1.0,
+    scale: int = 8,
 ) -> Callable:
-    """The sampler's model call ``denoise(x, t, cond, window) -> eps`` for one temporal window.
+    """The sampler's model call ``denoise(x, t, cond, window) -> eps`` for one box (temporal window x spatial tile).
 
     ``text`` is (cond, uncond) from ``encode_prompt``. ``control`` is the control
     video (F, 3, H, W) (CPU or device; pixels to generate = -1) or a callable
-    ``control(start, end)`` returning the window's frames. Per call the window's
-    control frames go to the device, the ControlNet runs on each frame of the
-    window (batch B*f, doubled rows when guided) and the UNetMotionModel on the
-    window, with the text repeated per frame as it wants. ``controlnet_scale`` 0
-    (or no ControlNet) skips the ControlNet.
+    ``control(start, end)`` returning the window's frames, called as
+    ``control(start, end, region)`` for a spatial tile (``cond["tile"]``, latent cells;
+    ``region`` in pixels, ``scale`` per cell). Per call the box's control frames go to
+    the device, the ControlNet runs on each frame of the box (batch B*f, doubled rows
+    when guided) and the UNetMotionModel on the box, with the text repeated per frame
+    as it wants. ``controlnet_scale`` 0 (or no ControlNet) skips the ControlNet.
     """
     unet, controlnet, device = components.unet, components.controlnet, components.device
     dtype = next(unet.parameters()).dtype
     cond_text, uncond_text = (t.to(device=device, dtype=dtype) for t in text)  # (1, 77, D) each
     use_cn = controlnet is not None and controlnet_scale > 0
     cn_dtype = next(controlnet.parameters()).dtype if use_cn else dtype
-    window_control = control if callable(control) else (lambda s, e: control[s:e])
+
+    def box_control(window, tile) -> torch.Tensor:  # (f, 3, th, tw)
+        start, end = window
+        if tile is None:
+            return control(start, end) if callable(control) else control[start:end]
+        region = tuple(v * scale for v in tile)
+        if callable(control):
+            return control(start, end, region)
+        top, left, bottom, right = region
+        return control[start:end, :, top:bottom, left:right]
 
     @torch.no_grad()
     def denoise(x: torch.Tensor, t: torch.Tensor, cond: dict, window) -> torch.Tensor:
@@ -210,7 +220,7 @@ def make_denoiser(
         sample = x.to(device=device, dtype=dtype)
         residuals = {}
         if use_cn:
-            ctl = window_control(*window).to(device=device, dtype=cn_dtype)  # (f, 3, H, W)
+            ctl = box_control(window, cond.get("tile")).to(device=device, dtype=cn_dtype)  # (f, 3, H, W)
             down, mid = controlnet(
                 sample.permute(0, 2, 1, 3, 4).reshape(n * f, c, h, w).to(cn_dtype),  # (B*f, C, h, w)
                 t,
@@ -240,12 +250,16 @@ def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0 and int(os.environ.get("LOCAL_RANK", "0")) == 0
 
 
-def _window_attention(cfg: JobConfig, components, canvas, stack: contextlib.ExitStack) -> list:
-    """Install window attention on the UNet (and on the ControlNet's matching down blocks) when the config asks."""
+def _window_attention(cfg: JobConfig, components, box: tuple[int, int], stack: contextlib.ExitStack) -> list:
+    """Install window attention on the UNet (and the ControlNet's matching down blocks) when the config asks.
+
+    ``auto`` decides on what one model call sees: ``box`` (H, W) pixels, a stage's largest
+    tile (its canvas when untiled, ``StagePlan.box``).
+    """
     from motia.attention import install_window_attention, should_enable
 
     wa = cfg.sample.window_attention
-    if not should_enable(wa.enabled, canvas.height, canvas.width):
+    if not should_enable(wa.enabled, *box):
         return []
     handles = [stack.enter_context(install_window_attention(components.unet, wa.blocks, wa.grid, wa.shift))]
     # The ControlNet is the UNet's encoder half: window the same down blocks there.
@@ -301,8 +315,11 @@ def _speed_switches(cfg: JobConfig, components, stack: contextlib.ExitStack) -> 
         stack.callback(eager)
 
 
-def _attach_lora(cfg: JobConfig, components, canvas, lora_path, stack: contextlib.ExitStack) -> dict:
-    """Load the adapter into the UNet, scaled by ``sample.lora_scale`` and the insertion map; undone by ``stack``."""
+def _attach_lora(cfg: JobConfig, components, canvas, lora_path, stack: contextlib.ExitStack):
+    """Load the adapter into the UNet, scaled by ``sample.lora_scale`` and the insertion map of ``canvas``.
+
+    Returns the ``SpatialLoraScale`` (its map is replaced per stage and per tile); undone by ``stack``.
+    """
     from peft.tuners.lora import LoraLayer
 
     from motia.geometry import insertion_map
@@ -310,7 +327,7 @@ def _attach_lora(cfg: JobConfig, components, canvas, lora_path, stack: contextli
     from motia.lora import ADAPTER_NAME, load_lora, remove_lora
 
     unet = components.unet
-    meta = load_lora(unet, lora_path)
+    load_lora(unet, lora_path)
     stack.callback(remove_lora, unet)
     for m in unet.modules():
         if isinstance(m, LoraLayer):
@@ -319,11 +336,217 @@ def _attach_lora(cfg: JobConfig, components, canvas, lora_path, stack: contextli
     # map serves every frame of a window (motion-module rows mix frames), and a per-frame known
     # region would make the strength flicker; fully propagated cells are overwritten anyway.
     scale_map = insertion_map(canvas, cfg.sample.insertion.k)  # (H, W), 1 on the known box
-    stack.enter_context(spatial_lora_scale(unet, scale_map, ADAPTER_NAME))
-    return meta
+    return stack.enter_context(spatial_lora_scale(unet, scale_map, ADAPTER_NAME))
 
 
-# ----------------------------------------------------------------------------- the stage
+def _refine_chunk(cfg: JobConfig, canvas) -> int:
+    """Frames per VAE call at the refine scale: ``sample.decode_chunk`` at most, fewer when frames are large."""
+    frame_bytes = 3 * 4 * canvas.height * canvas.width
+    return max(1, min(cfg.sample.decode_chunk, _REFINE_CHUNK_BYTES // frame_bytes))
+
+
+# ----------------------------------------------------------------------------- the stages
+
+
+def plan_outpaint(cfg: JobConfig, components, clip) -> OutpaintPlan:
+    """Every stage's canvas, windows, tiles and schedule for ``clip``, from the config (no model runs)."""
+    from motia.planning import native_size, plan, plan_output, plan_refine, plan_tiles, refine_schedule, work_estimate
+    from motia.windows import temporal_windows
+
+    s = cfg.sample
+    check_window(cfg, components.unet)
+    scale = vae_scale(components.vae)
+    num_frames = clip.num_frames
+    canvas = plan(cfg, clip.height, clip.width)
+    windows = temporal_windows(num_frames, s.window.frames, s.window.stride)
+    tiles = plan_tiles(cfg, canvas, scale)
+    coarse = StagePlan("coarse", canvas, windows, tiles, 0, s.steps,
+                       work_estimate(cfg, num_frames, canvas, tiles=tiles, scale=scale))
+    refine = None
+    first, length = refine_schedule(cfg)
+    native = native_size(clip) if clip.source is not None else (clip.height, clip.width)
+    refine_canvas = plan_refine(cfg, canvas, *native, plan_output(cfg, canvas, *native))
+    if refine_canvas is not None:
+        rtiles = plan_tiles(cfg, refine_canvas, scale)
+        refine = StagePlan("refine", refine_canvas, windows, rtiles, first, length,
+                           work_estimate(cfg, num_frames, refine_canvas, tiles=rtiles, stage="refine", scale=scale))
+    return OutpaintPlan(num_frames, coarse, refine)
+
+
+def sample_stage(
+    cfg: JobConfig,
+    components,
+    stage: StagePlan,
+    known,
+    text: tuple[torch.Tensor, torch.Tensor],
+    latents: torch.Tensor,
+    noise: torch.Tensor,
+    *,
+    generator: torch.Generator,
+    lora=None,
+    run_boxes=None,
+    observe: Callable[[dict], None] | None = None,
+    on_move: Callable[[], None] | None = None,
+    on_call: Callable[[StagePlan], None] | None = None,
+) -> torch.Tensor:
+    """Denoise ``latents`` (1, 4, F, h, w), at the noise level of the stage's first step, to clean latents.
+
+    The known latents and their mask come from ``known`` (a ``KnownFrames`` on the stage's
+    canvas), the control frames per box too; the known region is re-noised with ``noise``
+    (``sample.known_noise: fixed``, the reference) or fresh noise. Guidance applies on the
+    steps whose index in the whole schedule is below ``sample.guidance_steps``; noise regret
+    runs in the coarse stage only (it starts at the schedule's first step). The LoRA
+    insertion map (``lora``, from ``_attach_lora``), window attention and RAU-Net follow the
+    stage's canvas and each box's tile.
+    """
+    from motia.geometry import insertion_map
+    from motia.rau import active_at
+    from motia.sampler import run_in_order, sample
+
+    s = cfg.sample
+    scale = stage.scale
+    chunk = s.decode_chunk if stage.name == "coarse" else _refine_chunk(cfg, stage.canvas)
+    with tiled(components.vae, s.tiles.size if stage.tiled else None):
+        known_latents, mask = known.latents(components.vae, chunk)  # (F, 4, h, w), (h, w) or (1, 1, F, h, w)
+    device = components.device
+    known_latents = known_latents.permute(1, 0, 2, 3).unsqueeze(0).to(device)  # (1, 4, F, h, w)
+    mask = mask.to(device)
+    scheduler = type(components.scheduler).from_config(components.scheduler.config)  # private: no shared state
+    scheduler.set_timesteps(stage.steps)
+    timesteps = scheduler.timesteps[stage.first_step :]
+    full_map = insertion_map(stage.canvas, s.insertion.k) if lora is not None else None
+    if lora is not None:
+        lora.set_map(full_map)
+    regret = (dict(regret_jump=s.regret.jump, regret_repeats=s.regret.repeats, regret_fraction=s.regret.fraction)
+              if stage.first_step == 0 else dict(regret_repeats=0))
+    with contextlib.ExitStack() as stack:
+        attention = _window_attention(cfg, components, stage.box, stack)
+        rau = _rau(cfg, components, stack)
+        model = make_denoiser(components, text, lambda a, b, region=None: known.control(range(a, b), region),
+                              s.controlnet_scale, scale)
+
+        def denoise(x, t, cond, window):
+            for handle in attention:  # shift the attention windows at every model move
+                handle.set_step(cond["move"])
+            if rau is not None:
+                rau.set_active(active_at(stage.first_step + cond["step"], stage.steps, s.rau.fraction))
+            tile = cond.get("tile")
+            if lora is not None and tile is not None:  # the insertion map of this tile's pixels
+                top, left, bottom, right = (v * scale for v in tile)
+                lora.set_map(full_map[top:bottom, left:right])
+            eps = model(x, t, cond, window)
+            if on_call is not None:
+                on_call(stage)
+            return eps
+
+        return sample(
+            denoise, latents, timesteps, scheduler.alphas_cumprod,
+            windows=stage.windows, weights_kind=s.window.weights,
+            tiles=stage.tiles, tile_weights=s.tiles.weights, run_boxes=run_boxes or run_in_order,
+            guidance_scale=s.guidance_scale, guidance_steps=max(0, s.guidance_steps - stage.first_step),
+            known_latents=known_latents, known_mask=mask,
+            known_noise=noise if s.known_noise == "fixed" else None,  # the stage's initial noise, as the reference
+            final_alpha_cumprod=scheduler.final_alpha_cumprod, generator=generator,
+            callback=(lambda i, total, x: on_move()) if on_move is not None else None, observe=observe,
+            progress=False, **regret,
+        )  # (1, 4, F, h, w)
+
+
+def _noise(shape, generator: torch.Generator, device) -> torch.Tensor:
+    """Standard normal float32 noise from ``generator`` on its own device (so CPU and GPU runs draw the same)."""
+    return torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32).to(device)
+
+
+def coarse_stage(cfg, components, stage: StagePlan, known, text, generator, **kwargs) -> torch.Tensor:
+    """The whole canvas from noise at the models' scale: the paper's sampling. Returns (1, 4, F, h, w) latents."""
+    h, w = stage.canvas.latent_size(stage.scale)
+    shape = (1, components.unet.config.in_channels, known.num_frames, h, w)  # (1, 4, F, h, w)
+    noise = _noise(shape, generator, components.device)
+    latents = noise * components.scheduler.init_noise_sigma
+    return sample_stage(cfg, components, stage, known, text, latents, noise, generator=generator, **kwargs)
+
+
+def refine_known(cfg: JobConfig, clip, stage: StagePlan, prop, folder: str | None = None):
+    """``KnownFrames`` at the refine scale: the source decoded again at its own size (resampled to the refine
+    scale where that differs) in its box, and the propagated pixels found again at that scale."""
+    import numpy as np
+
+    from motia.geometry import Canvas, resample_canvas
+    from motia.known import KnownFrames
+    from motia.video import iter_frames, to_uint8, unit_frames
+
+    c = stage.canvas
+    size = (c.src_h, c.src_w)
+    if clip.source is not None and (clip.height, clip.width) != size:
+        frames = iter_frames(clip.source, clip.frame_indices, backend=clip.backend or "auto")
+    else:  # the clip itself is at this scale (or was built in memory)
+        frames = (clip.frames[i].permute(1, 2, 0).numpy() for i in range(clip.num_frames))
+
+    def source(t: int) -> np.ndarray:  # (src_h, src_w, 3) uint8 at the refine scale, frames in order
+        frame = next(frames)
+        if frame.shape[:2] == size and frame.dtype == np.uint8:
+            return frame
+        x = unit_frames(torch.as_tensor(np.array(frame)).permute(2, 0, 1)[None])  # (1, 3, h, w)
+        here = Canvas(x.shape[2], x.shape[3], x.shape[2], x.shape[3], 0, 0)
+        return to_uint8(resample_canvas(x, here, Canvas(*size, *size, 0, 0)))[0]
+
+    try:
+        return KnownFrames.at_scale(c, clip.num_frames, source, prop if prop is not None and prop.filled else None,
+                                    folder)
+    finally:
+        if hasattr(frames, "close"):
+            frames.close()
+
+
+def refine_stage(cfg: JobConfig, components, clip, plan: OutpaintPlan, coarse_latents: torch.Tensor, known_r,
+                 text, generator, **kwargs) -> torch.Tensor:
+    """SDEdit at the output's scale: the coarse result upsampled, the known pixels pasted, noised to the level of
+    the refine's first step and denoised in spatial tiles and temporal windows. Returns (1, 4, F, h, w) latents."""
+    from motia.geometry import feather_pixels, resample_canvas
+
+    stage, coarse = plan.refine, plan.coarse
+    vae = components.vae
+    h, w = stage.canvas.latent_size(stage.scale)
+    init = torch.zeros(clip.num_frames, vae.config.latent_channels, h, w)  # (F, 4, h, w)
+    chunk = _refine_chunk(cfg, stage.canvas)
+    feather = feather_pixels(cfg.output.feather, stage.canvas)
+    start = 0
+    for pixels in decode_latents(vae, coarse_latents, chunk):  # (n, 3, Hc, Wc), the coarse canvas
+        frames = range(start, start + pixels.shape[0])
+        up = known_r.paste(resample_canvas(pixels, coarse.canvas, stage.canvas), frames, feather)  # (n, 3, H, W)
+        with tiled(vae, cfg.sample.tiles.size if stage.tiled else None):
+            init[frames.start : frames.stop] = encode_frames(vae, up, chunk)
+        start = frames.stop
+    scheduler = type(components.scheduler).from_config(components.scheduler.config)
+    scheduler.set_timesteps(stage.steps)
+    alpha = scheduler.alphas_cumprod[scheduler.timesteps[stage.first_step]].float()
+    noise = _noise((1, init.shape[1], clip.num_frames, h, w), generator, components.device)
+    latents = alpha**0.5 * init.permute(1, 0, 2, 3).unsqueeze(0).to(noise.device) + (1 - alpha) ** 0.5 * noise
+    return sample_stage(cfg, components, stage, known_r, text, latents, noise, generator=generator, **kwargs)
+
+
+def write_stage(cfg: JobConfig, components, stage: StagePlan, latents: torch.Tensor, known, *,
+                sink: Callable[[torch.Tensor], None] | None = None, paste: bool = True) -> tuple[torch.Tensor | None, float]:
+    """Decode the last stage's latents chunk by chunk (tiled at the refine scale), paste the known pixels back
+    (``paste``), and hand each chunk to ``sink`` or keep it. Returns (frames or None, seconds in the sink)."""
+    from motia.geometry import feather_pixels
+
+    feather = feather_pixels(cfg.output.feather, stage.canvas)
+    chunk = cfg.sample.decode_chunk if stage.name == "coarse" else _refine_chunk(cfg, stage.canvas)
+    kept, start, t_sink = [], 0, 0.0
+    with tiled(components.vae, cfg.sample.tiles.size if stage.tiled else None):
+        for pixels in decode_latents(components.vae, latents, chunk):  # (n, 3, H, W)
+            frames = range(start, start + pixels.shape[0])
+            if paste:
+                pixels = known.paste(pixels, frames, feather)
+            if sink is not None:
+                t0 = time.perf_counter()
+                sink(pixels)
+                t_sink += time.perf_counter() - t0
+            else:
+                kept.append(pixels)
+            start = frames.stop
+    return (torch.cat(kept) if kept else None), t_sink
 
 
 def outpaint(
@@ -339,179 +562,138 @@ def outpaint(
     observe: Callable[[dict], None] | None = None,
     paste: bool | None = None,
     propagation=None,
+    run_boxes=None,
 ) -> OutpaintResult:
     """Outpaint ``clip`` (a motia.video.Clip) onto the canvas the config plans, with an optional adapted LoRA.
 
-    Steps: plan the canvas; encode the source (alone, edge-padded to the latent grid) to known latents;
-    sample from noise drawn from ``generator`` (default: CPU, ``cfg.seed``) with
-    temporal windows, guidance, noise regret and the known-region blend; decode in
-    chunks; paste the source back (``paste``, default ``output.paste``). The LoRA, its spatial scaling,
-    window attention, RAU-Net and the speed switches (channels-last, compile) are
-    installed for the sampling only and removed again, so ``components`` are
-    unchanged afterwards. ``sink`` receives each decoded chunk
-    (n, 3, H, W) instead of the result keeping all frames (``motia.output.OutputWriter``
-    pastes at the output scale itself, so it takes them with ``paste=False``); the
-    time spent in it is ``timings["output"]``, not ``"decode"``. ``callback({"step", "total"})``
-    observes every denoising move (regret repeats count; ``total`` is all of them).
-    ``observe`` sees every sampler move (``motia.sampler.sample``'s ``observe``: levels, eps, latents).
-    ``propagation`` (a ``motia.known.ClipPropagation`` for this clip and canvas) is the
-    pixel propagation already computed; by default it is computed here (``outpaint.propagate``).
+    Stages: plan; propagate (pixels other frames show); coarse (the whole canvas from noise
+    drawn from ``generator``, default CPU ``cfg.seed``, with temporal windows, guidance,
+    noise regret and the known-region blend); refine when planned (``outpaint.refine``);
+    decode and paste the known pixels back (``paste``, default ``output.paste``). The LoRA,
+    its spatial scaling, window attention, RAU-Net and the speed switches are installed for
+    the sampling only and removed again, so ``components`` are unchanged afterwards.
+    ``sink`` receives each decoded chunk (n, 3, H, W) on the last stage's canvas
+    (``result.final_canvas``) instead of the result keeping all frames
+    (``motia.output.OutputWriter`` pastes at the output scale itself, so it takes them with
+    ``paste=False``); the time spent in it is ``timings["output"]``, not ``"decode"``.
+    ``callback({"step", "total"})`` observes every denoising move of both stages (regret
+    repeats count). ``observe`` sees every sampler move (``motia.sampler.sample``'s).
+    ``propagation`` (a ``motia.known.ClipPropagation`` for this clip and coarse canvas) is
+    the pixel propagation already computed; by default it is computed here.
+    ``run_boxes`` runs each step's model calls (``motia.sampler.RunBoxes``; default: in order).
     """
-    from motia.geometry import feather_pixels, known_mask, latent_known_mask, paste_known, place_on_canvas
-    from motia.geometry import control_video as make_control
-    from motia.known import propagate_clip
-    from motia.planning import plan, work_estimate
-    from motia.rau import active_at
-    from motia.sampler import sample
+    from motia.known import KnownFrames
     from motia.utils import peak_memory_bytes
-    from motia.video import unit_frames
-    from motia.windows import temporal_windows
 
     t_start = time.perf_counter()
-    s = cfg.sample
-    device = components.device
-    check_window(cfg, components.unet)
-    source = clip.frames  # (F, 3, h_src, w_src) uint8 (or float in [0, 1]), CPU: float slices by unit_frames
-    num_frames = int(source.shape[0])
-    canvas = plan(cfg, int(source.shape[2]), int(source.shape[3]))
-    vae_scale = 2 ** (len(components.vae.config.block_out_channels) - 1)
-    h, w = canvas.latent_size(vae_scale)
-    windows = temporal_windows(num_frames, s.window.frames, s.window.stride)
-    work = work_estimate(cfg, num_frames, canvas)
-    if generator is None:
-        generator = torch.Generator("cpu").manual_seed(cfg.seed)
+    plan = plan_outpaint(cfg, components, clip)
+    coarse = plan.coarse
+    generator = torch.Generator("cpu").manual_seed(cfg.seed) if generator is None else generator
     prompt = resolve_prompt(cfg, clip)
     show = progress and _is_main_process()
+    timings: dict[str, float] = {}
 
-    # --- pixels other frames show (nothing when off or when no pixel can be propagated)
-    t_prop = time.perf_counter()
-    prop = propagation
-    if prop is None:
-        prop = propagate_clip(cfg, source, canvas, progress=show)
-    elif prop.canvas != canvas or prop.num_frames != num_frames:
-        raise ValueError(f"propagation is for {prop.num_frames} frames on {prop.canvas}, this run has "
-                         f"{num_frames} on {canvas}")
-    t_prop = time.perf_counter() - t_prop
-    filled = prop.filled
-    if filled:
-        log.info("propagation: %s", prop.note)
-
-    # --- conditions: text once, known latents chunk by chunk, control frames per window (lazily)
-    text = encode_prompt(components, prompt, s.negative_prompt)
-    chunk = s.decode_chunk
-    if filled:  # per frame: source + propagated pixels
-        known_latents, latent_mask = encode_known_frames(components.vae, source, canvas, chunk, prop)
-        latent_mask = latent_mask.to(device)  # (1, 1, F, h, w), 1 = known
-    else:
-        known_latents = encode_known(components.vae, source, canvas, chunk)  # (F, 4, h, w)
-        latent_mask = latent_known_mask(canvas, vae_scale, device=device)  # (h, w), 1 = known
-    known_latents = known_latents.permute(1, 0, 2, 3).unsqueeze(0).to(device)  # (1, 4, F, h, w)
-    pixel_known = known_mask(canvas)  # (H, W)
-
-    def control(start: int, end: int) -> torch.Tensor:  # (f, 3, H, W), generated pixels = -1
-        if filled:
-            return prop.control(unit_frames(source[start:end]), range(start, end))
-        return make_control(place_on_canvas(unit_frames(source[start:end]), canvas, 0.0), pixel_known)
-
-    # --- schedule and initial noise (a private scheduler copy: the shared one keeps its state)
-    scheduler = type(components.scheduler).from_config(components.scheduler.config)
-    scheduler.set_timesteps(s.steps)
-    shape = (1, components.unet.config.in_channels, num_frames, h, w)  # (1, 4, F, h, w)
-    noise = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
-    latents = noise.to(device) * scheduler.init_noise_sigma
-    t_encoded = time.perf_counter()
-
-    moves, calls = work["model_moves"], work["unet_calls"]
-    regret_moves = moves - s.steps
-    log.info(
-        "outpaint: %d frames, canvas %dx%d (W x H, latent %dx%d), %d window(s) of %d (stride %d), %d steps%s, "
-        "%d UNet calls (%d guided)", num_frames, canvas.width, canvas.height, w, h, len(windows),
-        min(s.window.frames, num_frames), s.window.stride, s.steps,
-        f" + {regret_moves} noise-regret re-runs" if regret_moves else "", calls, work["guided_calls"],
-    )
+    prop, timings["propagate"] = _propagation(cfg, clip, coarse.canvas, propagation, show)
+    text = encode_prompt(components, prompt, cfg.sample.negative_prompt)
+    _log_plan(cfg, plan)
+    bar, on_move, on_call = _progress(cfg, plan, show, callback)
     with contextlib.ExitStack() as stack:
-        if lora_path is not None:
-            _attach_lora(cfg, components, canvas, lora_path, stack)
-        attention = _window_attention(cfg, components, canvas, stack)
-        rau = _rau(cfg, components, stack)
+        stack.enter_context(bar)
+        known = KnownFrames.at_model_scale(coarse.canvas, clip.frames, prop)
+        stack.callback(known.close)
+        lora = _attach_lora(cfg, components, coarse.canvas, lora_path, stack) if lora_path is not None else None
         _speed_switches(cfg, components, stack)
-        model = make_denoiser(components, text, control, s.controlnet_scale)
-        # The bar counts denoising steps (regret re-runs included, as its label says); a step
-        # runs the model once per temporal window, shown in the postfix with the calls so far.
-        label = f"outpaint ({s.steps} steps + {regret_moves} regret)" if regret_moves else "outpaint"
-        bar = stack.enter_context(tqdm(total=moves, disable=not show, desc=label, unit="step", leave=False))
-        done_calls = 0
-
-        def denoise(x, t, cond, window):
-            nonlocal done_calls
-            for handle in attention:  # shift the attention windows at every model move
-                handle.set_step(cond["move"])
-            if rau is not None:
-                rau.set_active(active_at(cond["step"], s.steps, s.rau.fraction))
-            eps = model(x, t, cond, window)
-            done_calls += 1
-            if show:
-                bar.set_postfix_str(
-                    f"window {(done_calls - 1) % len(windows) + 1}/{len(windows)}, model calls {done_calls}/{calls}"
-                )
-            return eps
-
-        def on_move(i: int, total: int, x: torch.Tensor) -> None:
-            bar.update()
-            if callback is not None:
-                callback({"step": i + 1, "total": total})
-
-        latents = sample(
-            denoise, latents, scheduler.timesteps, scheduler.alphas_cumprod,
-            windows=windows, weights_kind=s.window.weights,
-            guidance_scale=s.guidance_scale, guidance_steps=s.guidance_steps,
-            known_latents=known_latents, known_mask=latent_mask,
-            known_noise=noise if s.known_noise == "fixed" else None,  # the initial noise, as the reference
-            regret_jump=s.regret.jump, regret_repeats=s.regret.repeats, regret_fraction=s.regret.fraction,
-            final_alpha_cumprod=scheduler.final_alpha_cumprod, generator=generator,
-            callback=on_move, observe=observe, progress=False,
-        )  # (1, 4, F, h, w)
-    del known_latents, noise
-    t_sampled = time.perf_counter()
-    peak_sampling = peak_memory_bytes(device)
-
-    # --- decode chunk by chunk, paste the source pixels back
-    paste = cfg.output.paste if paste is None else paste
-    feather = feather_pixels(cfg.output.feather, canvas)
-    kept = []
-    start = 0
-    t_sink = 0.0
-    for pixels in decode_latents(components.vae, latents, chunk):  # (n, 3, H, W)
-        end = start + pixels.shape[0]
-        if paste and filled:
-            frames_here, src = range(start, end), unit_frames(source[start:end])
-            pixels = paste_known(pixels, src, canvas, feather, known=prop.known(frames_here),
-                                 known_image=prop.image(src, frames_here))
-        elif paste:
-            pixels = paste_known(pixels, unit_frames(source[start:end]), canvas, feather)
-        if sink is not None:
-            t0 = time.perf_counter()
-            sink(pixels)
-            t_sink += time.perf_counter() - t0
-        else:
-            kept.append(pixels)
-        start = end
-    frames = torch.cat(kept) if kept else None  # (F, 3, H, W)
+        common = dict(lora=lora, run_boxes=run_boxes, observe=observe, on_move=on_move, on_call=on_call)
+        t0 = time.perf_counter()
+        latents = coarse_stage(cfg, components, coarse, known, text, generator, **common)
+        t1 = time.perf_counter()
+        timings["sample"] = t1 - t0
+        if plan.refine is not None:
+            known_r = refine_known(cfg, clip, plan.refine, prop)
+            stack.callback(known_r.close)
+            t2 = time.perf_counter()
+            latents = refine_stage(cfg, components, clip, plan, latents, known_r, text, generator, **common)
+            timings["refine_known"], timings["refine"] = t2 - t1, time.perf_counter() - t2
+            known = known_r
+        peak_sampling = peak_memory_bytes(components.device)
+        t3 = time.perf_counter()
+        frames, t_sink = write_stage(cfg, components, plan.final, latents, known, sink=sink,
+                                     paste=cfg.output.paste if paste is None else paste)
     t_end = time.perf_counter()
-    timings = {"propagate": t_prop, "encode": t_encoded - t_start - t_prop, "sample": t_sampled - t_encoded,
-               "decode": t_end - t_sampled - t_sink, "total": t_end - t_start}
+    timings["decode"] = t_end - t3 - t_sink
+    timings["encode"] = t_end - t_start - sum(timings.values())  # prompt, known latents, the refine's init
+    timings["total"] = t_end - t_start
     if sink is not None:
         timings["output"] = t_sink
+    stages = {st.name: {**st.describe(), "seconds": round(timings["sample" if st.name == "coarse" else "refine"], 3)}
+              for st in plan.stages}
     return OutpaintResult(
-        frames=frames,
-        latents=latents.cpu(),
-        canvas=canvas,
-        timings=timings,
-        work=work,
-        peak_memory={"sampling": peak_sampling, "total": peak_memory_bytes(device)},
-        prompt=prompt,
-        propagation=prop,
+        frames=frames, latents=latents.cpu(), canvas=coarse.canvas, timings=timings,
+        work={**coarse.work, "stages": {st.name: st.work for st in plan.stages}},
+        peak_memory={"sampling": peak_sampling, "total": peak_memory_bytes(components.device)},
+        prompt=prompt, propagation=prop, final_canvas=plan.final.canvas, stages=stages,
     )
+
+
+def _propagation(cfg: JobConfig, clip, canvas, given, show: bool):
+    """The clip's pixel propagation on the coarse canvas (computed here unless ``given``), and its seconds."""
+    from motia.known import propagate_clip
+
+    t0 = time.perf_counter()
+    prop = given
+    if prop is None:
+        prop = propagate_clip(cfg, clip.frames, canvas, progress=show)
+    elif prop.canvas != canvas or prop.num_frames != clip.num_frames:
+        raise ValueError(f"propagation is for {prop.num_frames} frames on {prop.canvas}, this run has "
+                         f"{clip.num_frames} on {canvas}")
+    if prop.filled:
+        log.info("propagation: %s", prop.note)
+    return prop, time.perf_counter() - t0
+
+
+def _log_plan(cfg: JobConfig, plan: OutpaintPlan) -> None:
+    s = cfg.sample
+    for st in plan.stages:
+        c, work = st.canvas, st.work
+        regret = work["model_moves"] - work["steps"]
+        log.info(
+            "outpaint %s: %d frames, canvas %dx%d (W x H, latent %s), %d window(s) of %d (stride %d)%s, %d steps%s, "
+            "%d UNet calls (%d guided)", st.name, plan.num_frames, c.width, c.height, work["latent"].split(" ")[0],
+            len(st.windows), min(s.window.frames, plan.num_frames), s.window.stride,
+            f" x {len(st.tiles)} tiles" if st.tiled else "", work["steps"],
+            f" + {regret} noise-regret re-runs" if regret else "", work["unet_calls"], work["guided_calls"],
+        )
+
+
+def _progress(cfg: JobConfig, plan: OutpaintPlan, show: bool, callback):
+    """One bar over both stages' denoising moves (regret re-runs included), model calls in its postfix."""
+    s = cfg.sample
+    moves = sum(st.work["model_moves"] for st in plan.stages)
+    calls = sum(st.work["unet_calls"] for st in plan.stages)
+    regret = plan.coarse.work["model_moves"] - s.steps
+    label = f"outpaint ({s.steps} steps + {regret} regret)" if regret else "outpaint"
+    if plan.refine is not None:
+        label = label.rstrip(")") + (", " if regret else " (") + f"refine {plan.refine.work['model_moves']} steps)"
+    bar = tqdm(total=moves, disable=not show, desc=label, unit="step", leave=False)
+    done = {"moves": 0, "calls": 0, "in_move": 0}
+
+    def on_move() -> None:
+        done["moves"] += 1
+        done["in_move"] = 0
+        bar.update()
+        if callback is not None:
+            callback({"step": done["moves"], "total": moves})
+
+    def on_call(stage: StagePlan) -> None:
+        done["calls"] += 1
+        done["in_move"] += 1
+        if show:
+            per_move = stage.work["unet_calls"] // max(1, stage.work["model_moves"])
+            where = f"box {done['in_move']}/{per_move}" if stage.tiled else f"window {done['in_move']}/{per_move}"
+            prefix = "refine, " if stage.name == "refine" else ""
+            bar.set_postfix_str(f"{prefix}{where}, model calls {done['calls']}/{calls}")
+
+    return bar, on_move, on_call
 
 
 # ----------------------------------------------------------------------------- the verb
@@ -539,7 +721,8 @@ def write_outputs(cfg: JobConfig, clip, result: OutpaintResult, run_dir: Path) -
 
     native = native_size(clip)
     out_canvas = plan_output(cfg, result.canvas, *native)
-    with OutputWriter(cfg, clip, result.canvas, out_canvas, run_dir, native, propagation=result.propagation) as writer:
+    final = result.final_canvas or result.canvas
+    with OutputWriter(cfg, clip, final, out_canvas, run_dir, native, propagation=result.propagation) as writer:
         step = cfg.sample.decode_chunk
         for i in range(0, result.frames.shape[0], step):
             writer(result.frames[i : i + step])
@@ -620,7 +803,7 @@ def outpaint_from_config(
     from motia.lora import read_lora_metadata
     from motia.models import load_components
     from motia.output import OutputWriter
-    from motia.planning import load_clip, native_size, plan, plan_output, upsampling_warning
+    from motia.planning import load_clip, native_size, plan, plan_output, plan_refine, upsampling_warning
     from motia.runs import check_outpaint_folder
     from motia.utils import peak_memory_bytes
 
@@ -629,6 +812,7 @@ def outpaint_from_config(
     canvas = plan(cfg, clip.height, clip.width)  # geometry errors before the models load
     native = native_size(clip)
     out_canvas = plan_output(cfg, canvas, *native)
+    final_canvas = plan_refine(cfg, canvas, *native, out_canvas) or canvas  # what the last stage samples on
     warning = upsampling_warning(cfg, clip.height, native[0])
     if warning:
         log.warning(warning)
@@ -669,7 +853,7 @@ def outpaint_from_config(
             path.unlink(missing_ok=True)
     generator = torch.Generator("cpu").manual_seed(cfg.seed)
     # The outputs are written as the frames are decoded, pasted at the output scale.
-    with OutputWriter(cfg, clip, canvas, out_canvas, run_dir, native, propagation=propagation) as writer:
+    with OutputWriter(cfg, clip, final_canvas, out_canvas, run_dir, native, propagation=propagation) as writer:
         result = outpaint(cfg, components, clip, lora_path=lora, generator=generator, progress=progress,
                           sink=writer, paste=False, callback=callback, propagation=propagation)
     outputs = dict(writer.outputs)
@@ -692,7 +876,9 @@ def outpaint_from_config(
         "canvas": result.canvas.to_dict(),
         "output_canvas": out_canvas.to_dict(),
         "windows": result.work["windows"],
-        "unet_calls": result.work["unet_calls"],
+        "unet_calls": sum(st["unet_calls"] for st in result.stages.values()),
+        # per stage (coarse, and refine when it ran): canvas, latent, tiles, windows, steps, UNet calls, seconds
+        "stages": result.stages,
         "work": result.work,
         "prompt": result.prompt,
         "seed": cfg.seed,

@@ -151,7 +151,8 @@ class OutputWriter(Finishing):
                                                        **audio)
         # Where the known pixels come from: the clip itself at the model's scale or when it was
         # read at its own size; else the source decoded again at its own size, a chunk at a time.
-        model = out_canvas == canvas
+        # The chunks' canvas is the written one and the clip's frames are its source: the model's scale.
+        model = out_canvas == canvas and tuple(clip.frames.shape[-2:]) == (canvas.src_h, canvas.src_w)
         self.from_clip = model or tuple(clip.frames.shape[-2:]) == tuple(native_size)
         self.native = None
         if not self.from_clip:
@@ -161,7 +162,7 @@ class OutputWriter(Finishing):
         # source frames around each one (the decoded ones through a ring, each decoded once).
         self.prop = propagation if self.paste and propagation is not None and propagation.filled else None
         self.out_prop = self.ring = None
-        if self.prop is not None and not model:
+        if self.prop is not None and not (model and self.prop.canvas == out_canvas):
             from motia.known import OutputPropagation
             from motia.propagate import FrameCache
 

@@ -29,14 +29,80 @@ def video_path(cfg: JobConfig) -> Path:
 
 
 def load_clip(cfg: JobConfig):
-    """Read the configured frames of the clip (resized, aspect kept)."""
-    from .video import read_video
+    """Read the configured frames of the clip (resized, aspect kept) at the models' scale (``model_size``)."""
+    from .video import probe_video, read_video
 
     v = cfg.video
+    path = video_path(cfg)
+    size, resize = v.size, v.resize
+    if cfg.outpaint.refine.mode != "off":
+        info = probe_video(path)
+        size, resize = model_size(cfg, info.height, info.width)
     return read_video(
-        video_path(cfg), start=v.start, max_frames=v.max_frames, stride=v.stride,
-        size=None if v.resize == "none" else v.size, resize=v.resize,
+        path, start=v.start, max_frames=v.max_frames, stride=v.stride,
+        size=None if resize == "none" else size, resize=resize,
     )
+
+
+def refines(cfg: JobConfig, native_h: int, native_w: int) -> bool:
+    """Whether this run refines (``outpaint.refine``): on, off, or auto = when the output's canvas is more than
+    ``auto_ratio`` times the coarse one (short sides), i.e. the new regions would be upsampled that much."""
+    r = cfg.outpaint.refine
+    if r.mode != "auto":
+        return r.mode == "on"
+    out = _native_canvas(cfg, native_h, native_w)
+    if cfg.output.height is not None or cfg.output.width is not None:
+        out = plan_output(cfg, out, native_h, native_w)
+    return min(out.height, out.width) > r.auto_ratio * r.coarse_size
+
+
+def model_size(cfg: JobConfig, native_h: int, native_w: int) -> tuple[int | None, str]:
+    """(``video.size``, ``video.resize``) the clip is read at: the config's, or with refine the size that makes
+    the coarse canvas's short side ``outpaint.refine.coarse_size`` (the scale SD1.5 was trained at)."""
+    v, r = cfg.video, cfg.outpaint.refine
+    if not refines(cfg, native_h, native_w):
+        return v.size, v.resize
+    canvas = _native_canvas(cfg, native_h, native_w)
+    factor = r.coarse_size / min(canvas.height, canvas.width)
+    return max(8, round(min(native_h, native_w) * factor)), "short_side"
+
+
+def _native_canvas(cfg: JobConfig, native_h: int, native_w: int):
+    """The outpaint section's canvas around the source at its own size (a target size read at the model's scale)."""
+    from .geometry import plan_canvas
+
+    o = cfg.outpaint
+    if o.target_size:  # given in model pixels: with refine, at the coarse scale; scale by the short sides
+        short = min(native_h, native_w) / (cfg.video.size or min(native_h, native_w))
+        target = [round(v * short) for v in o.target_size]
+        return plan_canvas(native_h, native_w, target_size=[max(t, n) for t, n in zip(target, (native_h, native_w))],
+                           multiple=2)
+    return plan_canvas(native_h, native_w, left=o.left, right=o.right, top=o.top, bottom=o.bottom, aspect=o.aspect,
+                       multiple=2)
+
+
+def plan_refine(cfg: JobConfig, canvas, native_h: int, native_w: int, out_canvas=None):
+    """The refine stage's canvas (multiples of 8), or None when this run does not refine (or runs no refine step).
+
+    Its scale: the output's (``refine.scale: output``; the native one, or a delivery size's),
+    or ``refine.scale`` times the coarse ``canvas``'s; capped so that the long side is at most
+    ``refine.max_side``. The source sits at that scale in it, the expansion planned as the
+    outpaint section says (``plan_output``'s rules, rounded to multiples of 8).
+    """
+    first, length = refine_schedule(cfg)
+    if not refines(cfg, native_h, native_w) or first >= length:  # strength 0: the coarse result as it is
+        return None
+    r = cfg.outpaint.refine
+    out = out_canvas if out_canvas is not None else plan_output(cfg, canvas, native_h, native_w)
+    if r.scale == "output":  # the output's own source size: the written pixels, generated at that detail
+        src_h, src_w = out.src_h, out.src_w
+    else:
+        src_h, src_w = canvas.src_h * float(r.scale), canvas.src_w * float(r.scale)
+    long_side = max(canvas.height, canvas.width) * src_h / canvas.src_h  # about, before rounding to 8
+    if long_side > r.max_side:
+        shrink = r.max_side / long_side
+        src_h, src_w = src_h * shrink, src_w * shrink
+    return _plan_like(cfg, canvas, max(1, round(src_h)), max(1, round(src_w)), multiple=8)
 
 
 def plan(cfg: JobConfig, src_h: int, src_w: int):
@@ -70,20 +136,13 @@ def plan_output(cfg: JobConfig, canvas, native_h: int, native_w: int):
       scaled once to a delivery size; one given, the other keeps the aspect (even).
       Both must match the canvas's aspect within 1%.
     """
-    from .geometry import plan_canvas, scale_canvas
+    from .geometry import scale_canvas
 
-    o, op = cfg.output, cfg.outpaint
+    o = cfg.output
     explicit = o.height is not None or o.width is not None
     if o.resolution == "model" and not explicit:
         return canvas
-    target = None
-    if op.target_size:
-        th, tw = op.target_size
-        # At least one native pixel more wherever the model's canvas grew, so the mode stays valid.
-        target = (max(round(th * native_h / canvas.src_h), native_h + (th > canvas.src_h)),
-                  max(round(tw * native_w / canvas.src_w), native_w + (tw > canvas.src_w)))
-    native = plan_canvas(native_h, native_w, left=op.left, right=op.right, top=op.top, bottom=op.bottom,
-                         target_size=target, aspect=op.aspect, multiple=2)
+    native = _plan_like(cfg, canvas, native_h, native_w, multiple=2)
     if not explicit:
         return native
     aspect = native.width / native.height
@@ -102,34 +161,97 @@ def plan_output(cfg: JobConfig, canvas, native_h: int, native_w: int):
     return scale_canvas(native, height, width)
 
 
-def work_estimate(cfg: JobConfig, num_frames: int, canvas) -> dict:
-    """Frames, windows and model calls of an outpainting run, before it starts.
+def _plan_like(cfg: JobConfig, canvas, src_h: int, src_w: int, multiple: int):
+    """The outpaint section planned around an ``src_h x src_w`` source at another scale than the model ``canvas``'s
+    (a ``target_size``, given in model pixels, scaled by the source sizes)."""
+    from .geometry import plan_canvas
 
-    ``unet_calls`` counts UNetMotionModel calls (one per window per denoising move,
-    regret repeats included; a guided call is one call on a doubled batch),
-    ``guided_calls`` those with the doubled batch, ``unet_frames`` the frames all
-    calls process (batch rows x window frames: the ControlNet runs once per such frame).
+    op = cfg.outpaint
+    target = None
+    if op.target_size:
+        th, tw = op.target_size
+        # At least one pixel more wherever the model's canvas grew, so the mode stays valid.
+        target = (max(round(th * src_h / canvas.src_h), src_h + (th > canvas.src_h)),
+                  max(round(tw * src_w / canvas.src_w), src_w + (tw > canvas.src_w)))
+    return plan_canvas(src_h, src_w, left=op.left, right=op.right, top=op.top, bottom=op.bottom,
+                       target_size=target, aspect=op.aspect, multiple=multiple)
+
+
+# ``sample.tiles.enabled: auto`` leaves a canvas whole up to this many tiles long: SD1.5 and the
+# motion module handle 512 x 1024 and a little more whole (the paper's own canvas), and the
+# reference attends over it all; beyond, or with a short side above a tile, it is tiled.
+AUTO_TILES_LONG = 3
+
+
+def plan_tiles(cfg: JobConfig, canvas, scale: int = 8) -> list[tuple[int, int, int, int]]:
+    """The spatial tiles (latent cells) of a stage on ``canvas`` (``sample.tiles``): one covering it when off, or
+    with ``auto`` for a canvas whose short side fits a tile and whose long side fits ``AUTO_TILES_LONG`` tiles
+    (a coarse canvas at the models' scale); ``true`` tiles any canvas larger than a tile."""
+    from .tiles import spatial_tiles, tile_cells, whole
+
+    t = cfg.sample.tiles
+    h, w = canvas.latent_size(scale)
+    short, long = sorted((canvas.height, canvas.width))
+    fits = short <= t.size and long <= (t.size if t.enabled is True else AUTO_TILES_LONG * t.size)
+    if t.enabled is False or fits:
+        return [whole(h, w)]
+    return spatial_tiles(h, w, tile_cells(t.size, scale), tile_cells(t.overlap, scale))
+
+
+def refine_schedule(cfg: JobConfig) -> tuple[int, int]:
+    """(first step, schedule length) of the refine stage: diffusers img2img's rule, round(strength x steps) run."""
+    r = cfg.outpaint.refine
+    run = min(int(r.steps * r.strength), r.steps)
+    return r.steps - run, r.steps
+
+
+def work_estimate(cfg: JobConfig, num_frames: int, canvas, *, tiles=None, stage: str = "coarse", scale: int = 8) -> dict:
+    """Frames, windows, tiles and model calls of one sampling stage, before it runs.
+
+    ``unet_calls`` counts UNetMotionModel calls: one per box (temporal window x spatial
+    tile, ``tiles`` in latent cells, default one covering the canvas) per denoising move,
+    regret repeats included (the coarse stage only), a guided call being one call on a
+    doubled batch; boxes wholly inside the source box are not called
+    (``skipped_boxes`` per move; propagated pixels may skip more at run time).
+    ``guided_calls`` counts those with the doubled batch, ``unet_frames`` the frames all
+    calls process (batch rows x box frames: the ControlNet runs once per such frame).
+    ``stage="refine"`` counts the refine's steps (``refine_schedule``), which run no regret.
     """
-    from .sampler import count_model_calls, regret_schedule
+    from .geometry import latent_known_mask
+    from .sampler import regret_schedule
+    from .tiles import boxes, known_boxes, whole
     from .windows import temporal_windows
 
     s = cfg.sample
+    h, w = canvas.latent_size(scale)
+    tiles = [whole(h, w)] if tiles is None else list(tiles)
     windows = temporal_windows(num_frames, s.window.frames, s.window.stride)
-    regret = dict(jump=s.regret.jump, repeats=s.regret.repeats, fraction=s.regret.fraction)
-    moves = [src for src, dst in regret_schedule(s.steps, **regret) if dst > src]  # each move's start level
-    guided_moves = sum(src < s.guidance_steps for src in moves) if s.guidance_scale != 1 else 0
-    window_frames = sum(e - b for b, e in windows)
-    h, w = canvas.latent_size()
+    if stage == "coarse":
+        regret = dict(jump=s.regret.jump, repeats=s.regret.repeats, fraction=s.regret.fraction)
+        moves = [src for src, dst in regret_schedule(s.steps, **regret) if dst > src]  # each move's start level
+        first, steps = 0, s.steps
+    else:
+        first, length = refine_schedule(cfg)
+        moves, steps = list(range(first, length)), length - first
+    guided = sum(step < s.guidance_steps for step in moves) if s.guidance_scale != 1 else 0
+    every = boxes(windows, tiles)
+    skipped = known_boxes(every, latent_known_mask(canvas, scale)) if len(tiles) > 1 else set()
+    run = [b for i, b in enumerate(every) if i not in skipped]
+    box_frames = sum(b.window[1] - b.window[0] for b in run)
     return {
         "frames": num_frames,
         "canvas": wxh(canvas.width, canvas.height),
         "latent": f"4x{num_frames}x{h}x{w} (C x F x H x W)",
         "windows": len(windows),
-        "steps": s.steps,
+        "tiles": len(tiles),
+        "skipped_boxes": len(skipped),
+        "steps": steps,
+        "first_step": first,
         "model_moves": len(moves),
-        "unet_calls": count_model_calls(s.steps, len(windows), **regret),
-        "guided_calls": guided_moves * len(windows),
-        "unet_frames": (len(moves) + guided_moves) * window_frames,
+        "unet_calls": len(moves) * len(run),
+        "guided_calls": guided * len(run),
+        "unet_frames": (len(moves) + guided) * box_frames,
+        "vae_scale": scale,
     }
 
 

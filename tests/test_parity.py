@@ -209,17 +209,20 @@ def test_sampler_matches_stock_animatediff_controlnet_pipeline(components):
 def test_window_attention_auto_is_off_at_the_papers_canvas(components):
     from motia.geometry import Canvas
     from motia.outpaint import _window_attention
+    from motia.planning import plan_tiles
 
     cfg = load_config(REPO_CONFIGS / "base.yaml")
     assert cfg.sample.window_attention.enabled == "auto"
     for width, on in ((1024, False), (1536, True)):
+        canvas = Canvas(512, 512, 512, width, 0, (width - 512) // 2)
+        assert plan_tiles(cfg, canvas) == [(0, 0, 64, width // 8)]  # the paper's canvases are not tiled
         with ExitStack() as stack:
-            handles = _window_attention(cfg, components, Canvas(512, 512, 512, width, 0, (width - 512) // 2), stack)
+            handles = _window_attention(cfg, components, (512, width), stack)
             assert bool(handles) is on, width
     fast = load_config(REPO_CONFIGS / "fast.yaml")
     assert fast.sample.window_attention.enabled is True and fast.models == cfg.models
     with ExitStack() as stack:
-        assert _window_attention(fast, components, Canvas(512, 512, 512, 1024, 0, 256), stack)
+        assert _window_attention(fast, components, (512, 1024), stack)
 
 
 def test_adapter_with_the_previous_targets_loads_and_outpaints(clip_file, components, tmp_path):
