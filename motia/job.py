@@ -14,7 +14,8 @@ import yaml
 
 from .config import JobConfig
 from .errors import ConfigError
-from .planning import load_clip, plan, plan_output, upsampling_warning, video_path, work_estimate, wxh
+from .planning import (load_clip, plan, plan_output, plan_refine, plan_tiles, upsampling_warning, video_path,
+                       work_estimate, wxh)
 
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -85,18 +86,25 @@ def describe(cfg: JobConfig, num_processes: int | None = None) -> str:
     from .known import describe_propagation
 
     out["propagation"] = describe_propagation(cfg, clip.frames, canvas)
-    out["work"] = work = work_estimate(cfg, f, canvas)
-    out["processes"] = describe_processes(work, num_processes)
+    out["work"] = work = work_estimate(cfg, f, canvas, tiles=plan_tiles(cfg, canvas))
+    stages = {"coarse": work}
+    refine = plan_refine(cfg, canvas, info.height, info.width, written)
+    if refine is not None:
+        out["work_refine"] = stages["refine"] = work_estimate(cfg, f, refine, tiles=plan_tiles(cfg, refine),
+                                                              stage="refine")
+    out["processes"] = describe_processes(stages, num_processes)
     out["schedule"] = schedule_info(cfg)
     return yaml.safe_dump(out, sort_keys=False, width=1000)
 
 
-def describe_processes(work: dict, num_processes: int | None = None) -> dict:
-    """How `motia outpaint`/`run` under ``accelerate launch --num_processes N`` would split each step's calls."""
+def describe_processes(stages: dict[str, dict], num_processes: int | None = None) -> dict:
+    """How `motia outpaint`/`run` under ``accelerate launch --num_processes N`` would split each step's calls
+    (``stages``: each sampling stage's ``work_estimate``)."""
     from .shard import describe_split, launched_processes
 
     world = num_processes or launched_processes()
-    out = describe_split(work["unet_calls"] // max(1, work["model_moves"]), work["model_moves"], world)
+    out = describe_split([(name, w["unet_calls"] // max(1, w["model_moves"]), w["model_moves"])
+                          for name, w in stages.items()], world)  # fmt: skip
     if world == 1:
         out["note"] = "accelerate launch --num_processes N splits them over N processes (motia info --num_processes N)"
     return out
@@ -282,11 +290,15 @@ class ModelCache:
         self._components = self._key = None
 
 
-def adapt_and_outpaint(cfg: JobConfig, models: ModelCache | None = None, overwrite: bool = False) -> dict:
+def adapt_and_outpaint(cfg: JobConfig, models: ModelCache | None = None, overwrite: bool = False,
+                       sharded: bool = False) -> dict:  # fmt: skip
     """Adapt the clip's LoRA, then outpaint with it, loading the models once; returns the outpainting summary.
 
     Both output folders are checked (``motia.runs``) before the adaptation starts, so a
-    run folder of another config is refused before any work rather than after it.
+    run folder of another config is refused before any work rather than after it. Under
+    ``accelerate launch --num_processes N`` the adaptation trains data-parallel and, with
+    ``sharded``, the outpainting splits each step's model calls over the same processes
+    (``motia.outpaint.outpaint_from_config``), on the models the adaptation left on each device.
     """
     from .adapt import ADAPTER_FILE, adapt_from_config, adapter_dir, check_adapter_dir
     from .caption import resolve_prompt
@@ -299,7 +311,7 @@ def adapt_and_outpaint(cfg: JobConfig, models: ModelCache | None = None, overwri
     check_outpaint_folder(cfg.run_dir(), cfg, adapter_dir(cfg) / ADAPTER_FILE, overwrite)
     models = models if models is not None else ModelCache()
     adapter = adapt_from_config(cfg, overwrite=overwrite, models=models)
-    return outpaint_from_config(cfg, lora=str(adapter), overwrite=overwrite, models=models)
+    return outpaint_from_config(cfg, lora=str(adapter), overwrite=overwrite, models=models, sharded=sharded)
 
 
 def demo(overrides: Sequence[str] = (), overwrite: bool = False) -> dict:

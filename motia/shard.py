@@ -62,25 +62,28 @@ def split_calls(calls_per_move: Sequence[int], world: int) -> list[int]:
     return counts
 
 
-def describe_split(calls_per_move: int, moves: int, world: int) -> dict:
-    """How a run's calls would split over ``world`` processes, for `motia info`.
+def describe_split(stages: Sequence[tuple[str, int, int]], world: int) -> dict:
+    """How a run's model calls would split over ``world`` processes, for `motia info`.
 
-    ``calls_per_move`` boxes per denoising move (windows x tiles, less the all-known ones),
-    ``moves`` model moves (steps plus noise-regret re-runs).
+    ``stages``: (name, calls per denoising move, moves) of each sampling stage in order (the
+    calls being windows x tiles less the all-known boxes; the moves steps plus regret re-runs).
     """
-    low, extra = divmod(calls_per_move, world)
-    if world == 1:
-        step = f"{calls_per_move} call(s) per step, all in this process"
-    elif extra == 0:
-        step = f"{calls_per_move} call(s) per step: {low} per process"
-    else:
-        step = (f"{calls_per_move} call(s) per step: {extra} of {world} processes run {low + 1}, the others {low} "
-                "(which ones run the extra call rotates)")
-    out = {"num_processes": world, "per_step": step,
-           "per_process": split_calls([calls_per_move] * moves, world)}  # fmt: skip
-    if world > calls_per_move:
-        out["note"] = (f"{world - calls_per_move} of {world} processes idle at every step: a step has only "
-                       f"{calls_per_move} call(s) (more windows or spatial tiles give more)")
+    per_step = {}
+    for name, calls, _ in stages:
+        low, extra = divmod(calls, world)
+        if world == 1:
+            per_step[name] = f"{calls} call(s) per step, all in this process"
+        elif extra == 0:
+            per_step[name] = f"{calls} call(s) per step: {low} per process"
+        else:
+            per_step[name] = (f"{calls} call(s) per step: {extra} of {world} processes run {low + 1}, the others "
+                              f"{low} (which ones run the extra call rotates)")  # fmt: skip
+    out = {"num_processes": world, "per_step": per_step,
+           "per_process": split_calls([c for _, c, moves in stages for _ in range(moves)], world)}  # fmt: skip
+    fewest = min(calls for _, calls, _ in stages)
+    if world > fewest:
+        out["note"] = (f"{world - fewest} of {world} processes idle at every step: a step has only {fewest} "
+                       "call(s) (more windows or spatial tiles give more)")
     return out
 
 
@@ -93,51 +96,52 @@ def launched_processes() -> int:
     return 1
 
 
-def process_state():
-    """accelerate's process state, with the process group up: gloo on CPU-only machines.
+def process_state(cpu: bool | None = None):
+    """accelerate's process state, with the process group up: gloo on CPU (``cpu``, default: no CUDA here).
 
-    ``PartialState()`` alone would see one process there even under ``accelerate launch
-    --multi_gpu`` (torchrun); an accelerate state already made in this process (the
-    adaptation's ``Accelerator`` in `motia run`) is the one returned.
+    ``PartialState()`` alone would see one process on a CPU-only machine even under
+    ``accelerate launch --multi_gpu`` (torchrun); an accelerate state already made in this
+    process (the adaptation's ``Accelerator`` in `motia run`) is the one returned.
     """
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
-    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
+    if cpu is None:
+        cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
+    return PartialState(cpu=cpu)
+
+
+def launched(cpu: bool | None = None):
+    """The process state when a launcher started several processes (``process_state``), else None.
+
+    Called before the models load: on GPUs it picks this process's device (``state.device``).
+    """
+    if launched_processes() <= 1:
+        return None
+    state = process_state(cpu)
+    return state if state.num_processes > 1 else None
 
 
 class Shard:
     """``run_boxes`` over the processes of a torch.distributed group (see the module docstring).
 
-    ``device`` is where the predictions are yielded (the models' device); ``on_calls(n)``
-    is told, after every round, how many calls all processes have just completed (the
-    progress bar on the main process). ``calls`` counts this process's model calls;
-    ``calls_per_process`` every process's, as of the last round (so complete after sampling).
+    ``device`` is where the predictions are yielded (the models' device). ``calls`` counts
+    this process's model calls; ``calls_per_process`` every process's, as of the last
+    round (so complete after sampling, on every process).
     """
 
-    def __init__(self, rank: int, world: int, device, *, on_calls: Callable[[int], None] | None = None, group=None):
+    def __init__(self, rank: int, world: int, device, *, group=None):
         import torch.distributed as dist
 
         if not dist.is_available() or not dist.is_initialized():
             raise RuntimeError("Shard needs an initialised torch.distributed process group (motia.shard.process_state)")
         self.rank, self.world, self.group = rank, world, group
         self.device = torch.device(device)
-        self.on_calls = on_calls
         self.calls = 0
         self.calls_per_process = [0] * world
         self.dealt = 0  # boxes dealt so far, all steps: the same count on every process
         backend = str(dist.get_backend(group))
         self.wire = torch.device("cuda", torch.cuda.current_device()) if "nccl" in backend else torch.device("cpu")
-
-    @classmethod
-    def launched(cls, device, **kwargs) -> "Shard | None":
-        """A Shard over the launcher's processes, or None when this process runs alone."""
-        if launched_processes() <= 1:
-            return None
-        state = process_state()
-        if state.num_processes <= 1:
-            return None
-        return cls(state.process_index, state.num_processes, device, **kwargs)
 
     @property
     def is_main(self) -> bool:
@@ -164,8 +168,6 @@ class Shard:
                     error = e
             preds = self._gather(pred, error, first, size, start, len(run))
             i += size
-            if self.on_calls is not None:
-                self.on_calls(size)
             yield from preds
 
     def _gather(self, pred, error, first: int, size: int, start: int, count: int) -> list[torch.Tensor]:

@@ -29,12 +29,16 @@ def test_owners_deal_round_robin_across_steps():
 
 
 def test_describe_split():
-    d = describe_split(3, 13, 2)
+    d = describe_split([("coarse", 3, 13)], 2)
     assert d["per_process"] == [20, 19]
-    assert d["per_step"] == "3 call(s) per step: 1 of 2 processes run 2, the others 1 (which ones run the extra call rotates)"
-    assert describe_split(4, 2, 2)["per_step"] == "4 call(s) per step: 2 per process"
-    assert "idle" in describe_split(2, 5, 8)["note"]
-    assert describe_split(2, 5, 1)["per_process"] == [10]
+    assert d["per_step"] == {"coarse": "3 call(s) per step: 1 of 2 processes run 2, the others 1 (which ones run "
+                                       "the extra call rotates)"}  # fmt: skip
+    assert describe_split([("coarse", 4, 2)], 2)["per_step"]["coarse"] == "4 call(s) per step: 2 per process"
+    assert "6 of 8 processes idle" in describe_split([("coarse", 2, 5)], 8)["note"]
+    assert describe_split([("coarse", 2, 5)], 1)["per_process"] == [10]
+    # the dealing goes on from one stage into the next, as one Shard serves both
+    two = describe_split([("coarse", 3, 3), ("refine", 5, 2)], 2)
+    assert two["per_process"] == split_calls([3, 3, 3, 5, 5], 2) == [10, 9] and set(two["per_step"]) == {"coarse", "refine"}
 
 
 # ----------------------------------------------------------------------------- two gloo processes
@@ -119,8 +123,8 @@ def _worker(rank: int, world: int, folder: str) -> None:
     seen = {}
 
     # 1. the real gather: predictions equal to the local ones, in order, on every process
-    called, rounds = [], []
-    shard = Shard(rank, world, "cpu", on_calls=rounds.append)
+    called = []
+    shard = Shard(rank, world, "cpu")
     ok = []
     for run, guided in STEPS:
         def call(box, guided=guided):
@@ -131,8 +135,7 @@ def _worker(rank: int, world: int, folder: str) -> None:
         want = [_call(box, guided) for box in run]
         ok.append(len(got) == len(want) and all(g.dtype == torch.float32 and torch.equal(g, w)
                                                 for g, w in zip(got, want)))  # fmt: skip
-    seen["real"] = {"ok": ok, "called": called, "calls": shard.calls, "per_process": shard.calls_per_process,
-                    "rounds": rounds}  # fmt: skip
+    seen["real"] = {"ok": ok, "called": called, "calls": shard.calls, "per_process": shard.calls_per_process}
 
     # 2. broken gathers must be caught by the same comparison: one drops a peer's prediction,
     #    one yields a round in reverse order
@@ -213,7 +216,6 @@ def test_gathered_predictions_equal_local_ones_in_order(two_processes):
     counts = [seen["real"]["calls"] for seen in two_processes]
     assert counts == [len(mine[0]), len(mine[1])] == split_calls([len(run) for run, _ in STEPS], 2)
     assert two_processes[0]["real"]["per_process"] == two_processes[1]["real"]["per_process"] == counts
-    assert sum(two_processes[0]["real"]["rounds"]) == len(everything)  # the progress count: all processes' calls
 
 
 def test_a_dropped_or_reordered_prediction_is_caught(two_processes):
