@@ -248,3 +248,68 @@ def test_a_process_that_dies_stops_the_other_naming_it(two_processes):
 def test_processes_out_of_step_are_refused(two_processes):
     for seen in two_processes:
         assert "the processes are out of step" in seen["out_of_step"]
+
+
+# ----------------------------------------------------------------------------- the command, launched
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Temporal windows (16 frames, 8 a window, stride 4: 3), 64 px spatial tiles over the 144 px canvas
+# (4, the ones inside the source skipped), guidance, noise regret and the known blend (always on).
+LAUNCH_OVERRIDES = ["video.max_frames=16", "sample.tiles.enabled=true", "sample.tiles.size=64",
+                    "sample.tiles.overlap=32", "output.frames=true"]  # fmt: skip
+
+
+def _launch(args: list[str], cwd, processes: int):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1",
+           "HF_HUB_OFFLINE": "1"}  # fmt: skip
+    # `--cpu` starts one process (several only through MPI); `--multi_gpu` starts torchrun's, gloo without CUDA.
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--main_process_port", str(port), "-m", "motia"]  # fmt: skip
+    cmd = launcher + args if processes > 1 else [sys.executable, "-m", "motia", *args]
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.slow
+def test_two_processes_write_the_frames_one_process_writes(tmp_path):
+    import json
+
+    tiny = os.path.join(REPO, "configs", "tiny.yaml")
+    runs = {}
+    for n in (1, 2):
+        _launch(["outpaint", tiny, *LAUNCH_OVERRIDES, f"output.dir={tmp_path / str(n)}"], tmp_path, n)
+        folder = tmp_path / str(n) / "sample"
+        runs[n] = (json.loads((folder / "summary.json").read_text()),
+                   {p.name: p.read_bytes() for p in sorted((folder / "frames").glob("*.png"))})
+    (one, frames1), (two, frames2) = runs[1], runs[2]
+    assert one["stages"]["coarse"]["tiles"] == 4 and one["stages"]["coarse"]["skipped_boxes"] == 3
+    assert one["stages"]["coarse"]["windows"] == 3 and one["work"]["model_moves"] > one["work"]["steps"]  # regret
+    assert len(frames1) == 16 and frames1 == frames2  # the written PNGs, byte for byte
+    calls = two["processes"]["calls_per_process"]
+    assert two["processes"]["num_processes"] == 2 and sum(calls) == one["unet_calls"] == 108
+    assert abs(calls[0] - calls[1]) <= 1
+    assert sorted(p.name for p in (tmp_path / "2" / "sample").iterdir()) == sorted(
+        p.name for p in (tmp_path / "1" / "sample").iterdir())  # no other process's file, nothing left half-written
+
+
+@pytest.mark.slow
+def test_run_adapts_data_parallel_then_outpaints_sharded_on_the_same_models(tmp_path):
+    import json
+
+    tiny = os.path.join(REPO, "configs", "tiny.yaml")
+    _launch(["run", tiny, *LAUNCH_OVERRIDES, "adapt.steps=4", f"output.dir={tmp_path}"], tmp_path, 2)
+    summary = json.loads((tmp_path / "sample" / "summary.json").read_text())
+    assert summary["models_reused"] is True  # the adaptation's models, not loaded again
+    assert summary["lora"].endswith("adapter.safetensors")
+    calls = summary["processes"]["calls_per_process"]
+    assert len(calls) == 2 and sum(calls) == summary["unet_calls"] and abs(calls[0] - calls[1]) <= 1
