@@ -143,10 +143,6 @@ class Shard:
         backend = str(dist.get_backend(group))
         self.wire = torch.device("cuda", torch.cuda.current_device()) if "nccl" in backend else torch.device("cpu")
 
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
     def __call__(self, run: Sequence[Box], call: Callable[[Box], torch.Tensor]) -> Iterator[torch.Tensor]:
         run = list(run)
         start, self.dealt = self.dealt, self.dealt + len(run)
