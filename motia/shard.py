@@ -159,9 +159,11 @@ class Shard:
             if 0 <= mine < size:
                 try:
                     pred = call(run[i + mine])
+                    if pred.dim() > MAX_DIMS:
+                        raise ValueError(f"a prediction of {pred.dim()} dims; motia.shard carries at most {MAX_DIMS}")
                     self.calls += 1
                 except Exception as e:  # reported to the others before anyone gathers
-                    error = e
+                    pred, error = None, e
             preds = self._gather(pred, error, first, size, start, len(run))
             i += size
             yield from preds
@@ -172,8 +174,6 @@ class Shard:
         header[_STATUS] = FAILED if error is not None else (SENT if pred is not None else IDLE)
         header[[_CALLS, _START, _COUNT]] = torch.tensor([self.calls, start, count])
         if pred is not None:
-            if pred.dim() > MAX_DIMS:
-                raise ValueError(f"a prediction of {pred.dim()} dims; motia.shard carries at most {MAX_DIMS}")
             header[_NDIM] = pred.dim()
             header[_DIMS : _DIMS + pred.dim()] = torch.tensor(pred.shape)
         headers = self._all_gather(header).cpu()  # (world, HEADER)
