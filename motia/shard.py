@@ -52,7 +52,7 @@ def owners(start: int, count: int, world: int) -> list[int]:
 
 
 def split_calls(calls_per_move: Sequence[int], world: int) -> list[int]:
-    """Model calls each of ``world`` processes runs over a run whose moves call these many boxes (as ``Shard`` deals them)."""
+    """Each of ``world`` processes' model calls over a run whose moves call these many boxes (as ``Shard`` deals)."""
     counts = [0] * world
     start = 0
     for n in calls_per_move:
@@ -183,7 +183,8 @@ class Shard:
         for rank in range(first, first + size):
             h = headers[rank]
             if int(h[_STATUS]) != SENT:
-                raise MotiaError(f"process {rank} of {self.world} sent no prediction for its box (box {start + rank - first})")
+                box = start + rank - first
+                raise MotiaError(f"process {rank} of {self.world} sent no prediction for its box (box {box})")
             shapes[rank] = tuple(int(v) for v in h[_DIMS : _DIMS + int(h[_NDIM])])
         length = max(torch.Size(s).numel() for s in shapes.values())
         flat = torch.zeros(length, dtype=torch.float32, device=self.wire)
@@ -205,7 +206,8 @@ class Shard:
         failed = (headers[:, _STATUS] == FAILED).nonzero().flatten().tolist()
         if failed:
             notes: list = [None] * self.world
-            dist.all_gather_object(notes, None if error is None else f"{type(error).__name__}: {error}", group=self.group)
+            note = None if error is None else f"{type(error).__name__}: {error}"
+            dist.all_gather_object(notes, note, group=self.group)
             if error is not None:
                 raise error
             raise MotiaError(f"process {failed[0]} of {self.world} failed ({notes[failed[0]]}); every process stopped")

@@ -38,7 +38,8 @@ def test_describe_split():
     assert describe_split([("coarse", 2, 5)], 1)["per_process"] == [10]
     # the dealing goes on from one stage into the next, as one Shard serves both
     two = describe_split([("coarse", 3, 3), ("refine", 5, 2)], 2)
-    assert two["per_process"] == split_calls([3, 3, 3, 5, 5], 2) == [10, 9] and set(two["per_step"]) == {"coarse", "refine"}
+    assert two["per_process"] == split_calls([3, 3, 3, 5, 5], 2) == [10, 9]
+    assert set(two["per_step"]) == {"coarse", "refine"}
 
 
 # ----------------------------------------------------------------------------- two gloo processes
