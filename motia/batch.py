@@ -416,13 +416,10 @@ def _export_adapter(args: argparse.Namespace, root: Path, entries: list[CacheEnt
 
 
 def _partial_state():
-    """accelerate's process state; gloo on CPU-only machines (``PartialState()`` alone would
-    see one process there even under ``accelerate launch --multi_gpu`` or ``torchrun``)."""
-    import torch
-    from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
+    """accelerate's process state; gloo on CPU-only machines (``motia.shard.process_state``)."""
+    from motia.shard import process_state
 
-    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
+    return process_state()
 
 
 def batch_accelerator(jobs: Sequence[BatchJob]):

@@ -19,8 +19,11 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     if args.verb == "info":
         from .config import load_config
+        from .errors import ConfigError
 
-        print(job.describe(load_config(args.config, args.overrides)))
+        if args.num_processes is not None and args.num_processes < 1:
+            raise ConfigError(f"--num_processes must be 1 or more, got {args.num_processes}")
+        print(job.describe(load_config(args.config, args.overrides), num_processes=args.num_processes))
         return 0
     if args.verb == "preview":
         from .config import load_config
@@ -38,12 +41,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .config import load_config
         from .outpaint import outpaint_from_config
 
-        outpaint_from_config(load_config(args.config, args.overrides), lora=args.lora, overwrite=args.overwrite)
+        cfg = load_config(args.config, args.overrides)
+        _quiet_other_processes()
+        outpaint_from_config(cfg, lora=args.lora, overwrite=args.overwrite, sharded=True)
         return 0
     if args.verb == "run":
         from .config import load_config
 
-        job.adapt_and_outpaint(load_config(args.config, args.overrides), overwrite=args.overwrite)
+        cfg = load_config(args.config, args.overrides)
+        _quiet_other_processes()
+        job.adapt_and_outpaint(cfg, overwrite=args.overwrite, sharded=True)
         return 0
     if args.verb == "demo":
         job.demo(args.overrides, overwrite=args.overwrite)
@@ -72,6 +79,18 @@ def _dispatch(args: argparse.Namespace) -> int:
         return batch.adapters_command(args)
     build_parser().print_help()
     return 0
+
+
+def _quiet_other_processes() -> None:
+    """Under a multi-process launch (``motia.shard``) only the main process logs what it does; the
+    others log warnings and errors."""
+    import logging
+    import os
+
+    from .shard import launched_processes
+
+    if launched_processes() > 1 and int(os.environ.get("RANK", "0")) != 0:
+        logging.getLogger("motia").setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="print the resolved config, canvas geometry and work estimate")
     _add_config(p)
+    p.add_argument("--num_processes", type=int, default=None, metavar="N",
+                   help="show how each step's model calls split over N processes (accelerate launch --num_processes N; "
+                        "default: the launcher's, else 1)")  # fmt: skip
 
     p = sub.add_parser("preview", help="write a PNG of the source on the canvas with the insertion map")
     _add_config(p)

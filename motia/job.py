@@ -81,11 +81,13 @@ def describe_shots(cfg: JobConfig, shots: list[int], num_frames: int) -> dict:
     return {"count": len(shots), "found": how, "shots": each(shots, num_frames)}
 
 
-def describe(cfg: JobConfig) -> str:
-    """`motia info`: the resolved config, device, source, canvas, shots, speed-ups and work, as readable YAML.
+def describe(cfg: JobConfig, num_processes: int | None = None) -> str:
+    """`motia info`: the resolved config, device, source, canvas, shots, stages, speed-ups and work, as readable YAML.
 
     Device and precision go through the checks outpainting makes, so a CUDA setting on a
-    machine without one fails here with the same one-line error.
+    machine without one fails here with the same one-line error. ``processes`` says how
+    each step's model calls would split over ``num_processes`` processes (default: as many
+    as a launcher started, else 1; ``motia.shard``).
     """
     from .models import resolve_device, resolve_dtype
     from .video import probe_video
@@ -128,8 +130,22 @@ def describe(cfg: JobConfig) -> str:
     stages = plan_stages(cfg, clip, shots=shots)
     out["stages"] = describe_stages(cfg, stages)
     out["work"] = stages.coarse.work if stages.refine is None else {st.name: st.work for st in stages.stages}
+    out["processes"] = describe_processes({st.name: st.work for st in stages.stages}, num_processes)
     out["schedule"] = schedule_info(cfg)
     return yaml.safe_dump(out, sort_keys=False, width=1000)
+
+
+def describe_processes(stages: dict[str, dict], num_processes: int | None = None) -> dict:
+    """How `motia outpaint`/`run` under ``accelerate launch --num_processes N`` would split each step's calls
+    (``stages``: each sampling stage's ``work_estimate``)."""
+    from .shard import describe_split, launched_processes
+
+    world = num_processes or launched_processes()
+    out = describe_split([(name, w["unet_calls"] // max(1, w["model_moves"]), w["model_moves"])
+                          for name, w in stages.items()], world)  # fmt: skip
+    if world == 1:
+        out["note"] = "accelerate launch --num_processes N splits them over N processes (motia info --num_processes N)"
+    return out
 
 
 PREVIEW_MIN_SIDE = 512  # previews of smaller canvases are scaled up (nearest neighbour) to this long side
@@ -352,12 +368,16 @@ class ModelCache:
         self._components = self._key = None
 
 
-def adapt_and_outpaint(cfg: JobConfig, models: ModelCache | None = None, overwrite: bool = False) -> dict:
+def adapt_and_outpaint(cfg: JobConfig, models: ModelCache | None = None, overwrite: bool = False,
+                       sharded: bool = False) -> dict:  # fmt: skip
     """Adapt the clip's LoRA, then outpaint with it, loading the models once; returns the outpainting summary.
 
     Both output folders are checked (``motia.runs``) before the adaptation starts, so a
     run folder of another config is refused before any work rather than after it. The run
-    folder is locked from the first check to the last output (``runs.lock_run_folder``).
+    folder is locked from the first check to the last output (``runs.lock_run_folder``). Under
+    ``accelerate launch --num_processes N`` the adaptation trains data-parallel and, with
+    ``sharded``, the outpainting splits each step's model calls over the same processes
+    (``motia.outpaint.outpaint_from_config``), on the models the adaptation left on each device.
     """
     from .adapt import ADAPTER_FILE, adapt_from_config, adapter_dir, check_adapter_dir
     from .caption import resolve_prompt
@@ -371,7 +391,7 @@ def adapt_and_outpaint(cfg: JobConfig, models: ModelCache | None = None, overwri
         check_outpaint_folder(cfg.run_dir(), cfg, adapter_dir(cfg) / ADAPTER_FILE, overwrite)
         models = models if models is not None else ModelCache()
         adapter = adapt_from_config(cfg, overwrite=overwrite, models=models)
-        return outpaint_from_config(cfg, lora=str(adapter), overwrite=overwrite, models=models)
+        return outpaint_from_config(cfg, lora=str(adapter), overwrite=overwrite, models=models, sharded=sharded)
 
 
 def demo(overrides: Sequence[str] = (), overwrite: bool = False) -> dict:

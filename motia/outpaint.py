@@ -367,15 +367,18 @@ def sample_stage(
             if lora is not None and tile is not None:  # the insertion map of this tile's pixels
                 top, left, bottom, right = (v * scale for v in tile)
                 lora.set_map(full_map[top:bottom, left:right])
-            eps = model(x, t, cond, window)
-            if on_call is not None:
-                on_call(stage)
-            return eps
+            return model(x, t, cond, window)
+
+        def counted(run, call):  # every box's prediction, whichever process computed it (motia.shard)
+            for eps in (run_boxes or run_in_order)(run, call):
+                if on_call is not None:
+                    on_call(stage)
+                yield eps
 
         return sample(
             denoise, latents, timesteps, scheduler.alphas_cumprod,
             windows=stage.windows, weights_kind=s.window.weights,
-            tiles=stage.tiles, tile_weights=s.tiles.weights, run_boxes=run_boxes or run_in_order,
+            tiles=stage.tiles, tile_weights=s.tiles.weights, run_boxes=counted,
             guidance_scale=s.guidance_scale, guidance_steps=max(0, s.guidance_steps - stage.first_step),
             known_latents=known_latents, known_mask=mask,
             known_noise=noise if s.known_noise == "fixed" else None,  # the stage's initial noise, as the reference
@@ -497,6 +500,7 @@ def outpaint(
     propagation=None,
     run_boxes=None,
     shots=None,
+    decode: bool = True,
 ) -> OutpaintResult:
     """Outpaint ``clip`` (a motia.video.Clip) onto the canvas the config plans, with an optional adapted LoRA.
 
@@ -514,7 +518,9 @@ def outpaint(
     repeats count). ``observe`` sees every sampler move (``motia.sampler.sample``'s).
     ``propagation`` (a ``motia.known.ClipPropagation`` for this clip and coarse canvas) is
     the pixel propagation already computed; by default it is computed here.
-    ``run_boxes`` runs each step's model calls (``motia.sampler.RunBoxes``; default: in order).
+    ``run_boxes`` runs each step's model calls (``motia.sampler.RunBoxes``; default: in order;
+    ``motia.shard.Shard`` splits them over processes). ``decode=False`` stops after sampling
+    (``frames`` None): a sharded run's other processes leave decoding to the main one.
     ``shots`` (the shots' first frames; default ``planning.plan_shots``): no temporal window crosses a cut.
     """
     from motia.known import KnownFrames
@@ -555,7 +561,7 @@ def outpaint(
         peak_sampling = peak_memory_bytes(components.device)
         t3 = time.perf_counter()
         frames, t_sink = write_stage(cfg, components, plan.final, latents, known, sink=sink,
-                                     paste=cfg.output.paste if paste is None else paste)
+                                     paste=cfg.output.paste if paste is None else paste) if decode else (None, 0.0)
     t_end = time.perf_counter()
     timings["decode"] = t_end - t3 - t_sink
     timings["encode"] = t_end - t_start - sum(timings.values())  # prompt, known latents, the refine's init
@@ -721,7 +727,7 @@ def check_adapter_fits(meta: dict, cfg: JobConfig, clip, path) -> None:
 
 def outpaint_from_config(
     cfg: JobConfig, lora: str | os.PathLike | None = None, *, overwrite: bool = False, progress: bool = True,
-    models=None, callback: Callable[[dict], None] | None = None,
+    models=None, callback: Callable[[dict], None] | None = None, sharded: bool = False,
 ) -> dict:
     """`motia outpaint`: read the clip, load the models, outpaint, write the outputs; return the run summary.
 
@@ -739,24 +745,34 @@ def outpaint_from_config(
     already loaded in this process; ``callback`` observes the sampling steps (see ``outpaint``).
     Pixel propagation (``outpaint.propagate``) runs on the CPU in a thread while the models
     load; the summary's ``propagation`` records its motion, coverage and time.
+
+    ``sharded`` (`motia outpaint`/`run` under ``accelerate launch --num_processes N``): every
+    process loads the models on its own device and runs the whole loop, each step's model
+    calls split between them (``motia.shard``); only the main process removes, decodes and
+    writes anything, and its summary's ``processes`` counts every process's calls. The other
+    processes return ``{"process": rank, "calls": n}``. Without a multi-process launch it is
+    the plain run.
     """
     from motia.runs import lock_run_folder
 
     with lock_run_folder(cfg.run_dir(), enabled=_is_main_process()):
-        return _outpaint_locked(cfg, lora, overwrite=overwrite, progress=progress, models=models, callback=callback)
+        return _outpaint_locked(cfg, lora, overwrite=overwrite, progress=progress, models=models, callback=callback,
+                                sharded=sharded)
 
 
-def _outpaint_locked(cfg: JobConfig, lora, *, overwrite: bool, progress: bool, models, callback) -> dict:
+def _outpaint_locked(cfg: JobConfig, lora, *, overwrite: bool, progress: bool, models, callback,
+                     sharded: bool = False) -> dict:
     """``outpaint_from_config`` with its run folder locked."""
     from motia.config import dump_config
     from motia.known import check_propagation, propagate_clip
     from motia.lora import read_lora_metadata
-    from motia.models import load_components
+    from motia.models import load_components, resolve_device
     from motia.output import OutputWriter, check_output_space
     from motia.planning import (load_clip, native_size, plan, plan_output, plan_refine, plan_shots, shots_argument,
                                 upsampling_warning)
     from motia.runs import check_outpaint_folder
     from motia.shots import describe_shots
+    from motia.shard import Shard, launched
     from motia.utils import peak_memory_bytes
 
     t0 = time.perf_counter()
@@ -782,6 +798,9 @@ def _outpaint_locked(cfg: JobConfig, lora, *, overwrite: bool, progress: bool, m
     if meta is not None:
         check_adapter_fits(meta, cfg, clip, lora)
     check_propagation(cfg)
+    state = launched(cpu=resolve_device(cfg.models.device).type == "cpu") if sharded else None
+    device = state.device if state is not None else None  # the launcher's device for this process
+    main = state is None or state.is_main_process
     # Propagation needs no model: it runs (numpy and OpenCV, which release the GIL) while the
     # models load. If loading fails, or Ctrl-C comes while loading or waiting, it is told to
     # stop at its next frame (else leaving the pool would wait for the whole clip). The submit is
@@ -790,10 +809,11 @@ def _outpaint_locked(cfg: JobConfig, lora, *, overwrite: bool, progress: bool, m
     with ThreadPoolExecutor(1, thread_name_prefix="motia-propagate") as pool:
         try:
             pending = pool.submit(propagate_clip, cfg, clip.frames, canvas, cancel=cancel, **shots_argument(shots))
+            loads = getattr(models, "loads", None)
             if models is None:
-                components = load_components(cfg.models, progress=progress)
+                components = load_components(cfg.models, device=device, progress=progress and main)
             else:
-                components = models.get(cfg.models, progress=progress)
+                components = models.get(cfg.models, device=device, progress=progress and main)
             t_loaded = time.perf_counter()
             if not pending.done():
                 log.info("models loaded; waiting for the pixel propagation (%d frames)", clip.num_frames)
@@ -802,6 +822,14 @@ def _outpaint_locked(cfg: JobConfig, lora, *, overwrite: bool, progress: bool, m
             cancel.set()
             raise
     t_propagated = time.perf_counter()
+    shard = None
+    if state is not None:
+        state.wait_for_everyone()  # every process has checked the folder before the main one changes it
+        shard = Shard(state.process_index, state.num_processes, components.device)
+    if not main:  # a sharded run's other process: its share of the model calls, no file
+        outpaint(cfg, components, clip, lora_path=lora, generator=torch.Generator("cpu").manual_seed(cfg.seed),
+                 progress=False, propagation=propagation, run_boxes=shard, decode=False, shots=shots)
+        return {"process": shard.rank, "calls": shard.calls}
     # --overwrite of another config's run: none of its files may stay beside ours. Removed
     # before any new output exists, so nothing this run writes can be taken for the old one's.
     for path in replaced:
@@ -813,7 +841,8 @@ def _outpaint_locked(cfg: JobConfig, lora, *, overwrite: bool, progress: bool, m
     # The outputs are written as the frames are decoded, pasted at the output scale.
     with OutputWriter(cfg, clip, final_canvas, out_canvas, run_dir, native, propagation=propagation) as writer:
         result = outpaint(cfg, components, clip, lora_path=lora, generator=generator, progress=progress,
-                          sink=writer, paste=False, callback=callback, propagation=propagation, shots=shots)
+                          sink=writer, paste=False, callback=callback, propagation=propagation, shots=shots,
+                          run_boxes=shard)
     outputs = dict(writer.outputs)
     outputs["config"] = str(dump_config(cfg, run_dir / "config.yaml"))
     outputs["summary"] = str(run_dir / SUMMARY_FILE)
@@ -843,6 +872,11 @@ def _outpaint_locked(cfg: JobConfig, lora, *, overwrite: bool, progress: bool, m
         "seed": cfg.seed,
         "lora": str(Path(lora).resolve()) if lora is not None else None,
         "models": components.sources,
+        "models_reused": loads is not None and models.loads == loads,  # `motia run`: loaded once for both stages
+        # model calls per process: counted (sharded, motia.shard), else the plan's
+        "processes": {"num_processes": shard.world if shard else 1,
+                      "calls_per_process": shard.calls_per_process if shard else [sum(
+                          st["unet_calls"] for st in result.stages.values())]},
         # wait_s: how long sampling waited for the propagation after the models had loaded
         "propagation": {**propagation.summary(), "coverage_output": writer.propagation_coverage,
                         "wait_s": round(t_propagated - t_loaded, 3)},

@@ -33,6 +33,28 @@ def test_info_prints_geometry_and_work(capsys):
     assert "window_attention: off (auto, canvas long side 144 px)" in out and "rau: off" in out
 
 
+def test_info_splits_a_step_over_processes(capsys):
+    import yaml
+
+    assert main(["info", TINY, "sample.steps=4", "sample.regret.repeats=0", "--num_processes", "2"]) == 0
+    procs = yaml.safe_load(capsys.readouterr().out)["processes"]
+    assert procs["num_processes"] == 2
+    assert procs["per_step"]["coarse"].startswith("5 call(s) per step: 1 of 2 processes run 3, the others 2")
+    assert procs["per_process"] == [10, 10]  # 20 calls, dealt round robin across steps
+    assert main(["info", TINY, "sample.steps=4", "sample.regret.repeats=0"]) == 0
+    procs = yaml.safe_load(capsys.readouterr().out)["processes"]
+    assert procs["per_process"] == [20] and "--num_processes N" in procs["note"]
+    # 2 x 64 px tiles over the 144 px canvas x 5 windows, the box inside the source skipped: 4 x 5 - 5 = 15 calls
+    tiled = ["sample.tiles.enabled=true", "sample.tiles.size=64", "sample.tiles.overlap=32"]
+    assert main(["info", TINY, "sample.steps=4", "sample.regret.repeats=0", *tiled, "--num_processes", "4"]) == 0
+    out = yaml.safe_load(capsys.readouterr().out)
+    assert (out["work"]["tiles"], out["work"]["skipped_boxes"], out["work"]["unet_calls"]) == (4, 5, 60)
+    assert out["processes"]["per_step"]["coarse"].startswith("15 call(s) per step: 3 of 4 processes run 4, the others 3")
+    assert out["processes"]["per_process"] == [15, 15, 15, 15]
+    assert main(["info", TINY, "--num_processes", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --num_processes must be 1 or more, got 0"
+
+
 def test_info_prints_the_noise_schedule(capsys):
     assert main(["info", TINY, "sample.steps=25"]) == 0
     out = capsys.readouterr().out

@@ -327,7 +327,8 @@ def test_run_loads_the_models_once_and_matches_separate_stages(clip_file, tmp_pa
 
     models = ModelCache()
     shared = adapt_and_outpaint(cfg("shared"), models)  # adapt, release, outpaint on one loaded set
-    assert models.loads == 1
+    assert models.loads == 1 and shared["models_reused"] is True
+    assert shared["processes"] == {"num_processes": 1, "calls_per_process": [shared["unet_calls"]]}
     separate = cfg("separate")
     outpaint_from_config(separate, lora=str(adapt_from_config(separate, progress=False)), progress=False)
     a = safetensors.torch.load_file(tmp_path / "shared/clip100/adapter/adapter.safetensors")
