@@ -62,12 +62,8 @@ from motia.config import JobConfig, dump_config
 from motia.errors import ConfigError, InputError
 from motia.geometry import control_video, sample_border_mask
 from motia.runs import check_adapter_folder
-<<<<<<< HEAD
-from motia.utils import atomic_path, peak_memory_bytes
-from motia.vae import encode_frames
-=======
 from motia.utils import atomic_path, check_free_space, peak_memory_bytes
->>>>>>> safety
+from motia.vae import encode_frames
 from motia.video import hash_unit_frames, unit_frames
 
 logger = logging.getLogger(__name__)
