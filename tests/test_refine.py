@@ -18,7 +18,7 @@ from motia.config import load_config
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-CHEAP = ["sample.steps=2", "sample.guidance_scale=1.0", "sample.regret.repeats=0", "outpaint.left=0",
+CHEAP = ["outpaint.refine.mode=auto", "sample.steps=2", "sample.guidance_scale=1.0", "sample.regret.repeats=0", "outpaint.left=0",
          "outpaint.right=0", "outpaint.propagate=off", "outpaint.refine.coarse_size=64", "outpaint.refine.steps=4",
          "outpaint.refine.strength=0.5", "sample.tiles.size=256", "sample.tiles.overlap=64"]
 
