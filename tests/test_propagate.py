@@ -31,6 +31,7 @@ from motia.propagate import (  # noqa: E402
     PropagationParams,
     estimate_motion,
     frame_coverage,
+    motion_gates,
     params_from_config,
     propagate,
     propagate_frame,
@@ -66,8 +67,9 @@ def test_horizontal_integer_pan_recovers_the_border_exactly():
     motion, results = run(clip)
     assert motion.summary()["segments"] == 1
     assert motion.summary()["models"]["translation"] == 23  # no spurious perspective on a pan
-    for t in (5, 23):
-        np.testing.assert_allclose(motion.relative(0, t), [[1, 0, 3 * t], [0, 1, 0], [0, 0, 1]], atol=2e-3)
+    for t in (5, 23):  # found on the frames upscaled to 256 px (small frames are), used at their size
+        np.testing.assert_allclose(motion.relative(0, t, size=(192, 160)), [[1, 0, 3 * t], [0, 1, 0], [0, 0, 1]],
+                                   atol=2e-3)
     expected = oracle_horizontal(clip, 3)
     for p, want in zip(results, expected):
         truth = clip.truth(p.index)
@@ -173,19 +175,34 @@ def test_unmatchable_frames_contribute_nothing():
 
 
 def test_poor_fits_are_dropped():
-    """Each fit-quality gate, made stricter than some of this clip's fits, drops those links."""
-    clip = pan_clip(frames=8, velocity=(2.5, 0.3))  # ~85 keypoints, 38-55 inliers, RMS 0.17-0.47 px a frame
+    """Each fit-quality gate (as scaled to the clip's size), made stricter than some of this clip's fits, drops those links."""
+    clip = pan_clip(frames=8, velocity=(2.5, 0.3))  # 160x192, analysed at 256x213: 51-78 inliers, RMS 0.2-0.5 px
     assert estimate_motion(clip.read, 8).summary()["linked_frames"] == 7
+    native = (192, 160)
+    strict_inliers = MotionParams(min_inliers=400)  # scaled to this clip's area: 400 * 192 * 160 / (512 * 288)
+    assert motion_gates(strict_inliers, native).min_inliers == 83
     gates = (
-        (dict(min_inliers=60), lambda link: link.inliers >= 60),
+        (dict(min_inliers=400), lambda link: link.inliers >= 83),
         (dict(min_inlier_ratio=1.0), lambda link: link.inliers == link.matches),
-        (dict(max_error=0.01), lambda link: link.rms <= 0.01),
+        (dict(max_error=0.01), lambda link: link.rms <= 0.01 * 256 / 192),  # px at the analysis size
     )
-    for strict, holds in gates:
-        motion = estimate_motion(clip.read, 8, MotionParams(**strict))
+    for strict, holds in gates:  # features only: a dense link would stand in for a dropped one
+        motion = estimate_motion(clip.read, 8, MotionParams(dense_fallback=False, **strict))
         kept = [link for link in motion.links if link is not None]
         assert len(kept) < 7 and all(holds(link) for link in kept), strict
     assert not kept and not any(p.mask.any() for p in propagate(clip.read, motion, clip.canvas))
+
+
+def test_gates_scale_with_the_analysed_area():
+    """min_inliers is for a 16:9 frame at analysis_size: smaller frames need fewer, never under 8; px gates follow the upscale."""
+    params = MotionParams()  # 30 inliers, 2 px RANSAC, 1 px RMS at 512
+    assert motion_gates(params, (1920, 1080)) == motion_gates(params, (512, 288))
+    assert motion_gates(params, (512, 288)).min_inliers == 30 and motion_gates(params, (512, 512)).min_inliers == 30
+    assert motion_gates(params, (320, 240)).min_inliers == round(30 * 320 * 240 / (512 * 288))  # 16
+    small = motion_gates(params, (96, 80))  # analysed upscaled to 256x213: the detail is still 96x80's
+    assert small.min_inliers == 8 and small.checked_below == 30
+    assert small.ransac_threshold == pytest.approx(2.0 * 256 / 96) and small.max_error == pytest.approx(256 / 96)
+    assert motion_gates(MotionParams(min_inliers=5), (96, 80)).min_inliers == 5  # never above the configured one
 
 
 def test_orb_features_work_too():
@@ -337,7 +354,8 @@ def test_long_pan_has_flat_memory_and_linear_time(short_n, long_n):
     assert long["coverage"] > 0.3
     motion = long["motion"]
     assert motion.summary()["segments"] == 1
-    np.testing.assert_allclose(motion.relative(0, long_n - 1), [[1, 0, long_n - 1], [0, 1, 0], [0, 0, 1]], atol=0.02)
+    np.testing.assert_allclose(motion.relative(0, long_n - 1, size=(96, 64)), [[1, 0, long_n - 1], [0, 1, 0], [0, 0, 1]],
+                               atol=0.02)
 
 
 def test_content_seen_far_away_still_counts():
