@@ -11,11 +11,13 @@ once, in order, small (``mask_size``: half the analysis resolution, colour, blur
 For frame s it warps the frames s - d and s + d of the same segment (d in ``OFFSETS``)
 onto s with the estimated camera motion, and takes per pixel the largest residual
 among the earlier frames and among the later ones (a global per-channel offset
-removed: exposure drifts). A pixel is marked where both sides differ by more than the
-threshold (where only one side overlaps s, that side alone): a mover's pixel in s
-differs from the background that the other frames show there once it has moved on,
-while a background pixel the mover covers in some other frame still matches the other
-side. The marks are cleaned up (gaps closed, enclosed holes filled: a plain shirt
+removed: exposure drifts). Where frames at least ``_CONFIRM_GAP`` away on both sides
+overlap s, a pixel is marked if both sides differ by more than the threshold: a
+mover's pixel in s differs from the background that the other frames show there once
+it has moved on, while a background pixel that the mover covers only at another time
+matches the other side. Elsewhere (near the start or end of a segment, or the strip
+of s that frames far on one side do not see) any difference marks it: only nearby
+frames see it, and they may still show a slow mover where it is in s. The marks are cleaned up (gaps closed, enclosed holes filled: a plain shirt
 does not differ from itself, but its outline does; specks removed) and dilated a
 little, and kept as one bit per cell. What the camera model does not explain for
 other reasons (parallax of near things, flicker) is marked too: propagation
@@ -34,6 +36,7 @@ from typing import Sequence
 import numpy as np
 
 OFFSETS = (2, 4, 8, 16, 32)  # frames: a walker at 1-2 px/frame against the scene has moved on by the largest
+_CONFIRM_GAP = 8  # frames: only a frame this far away can show the background behind a slow mover
 _NOISE_FACTOR = 4.0  # the threshold is at least this many times the frame's median residual (noise, resampling)
 _BLUR_SIGMA = 1.0  # cells; smooths noise and keeps bilinear resampling errors at edges small
 _CLOSE_CELLS = 5  # kernel closing gaps in a mover's outline
@@ -110,10 +113,9 @@ class MoverTracker:
         warped = cv2.warpPerspective(self._ring[o], m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                                      borderMode=cv2.BORDER_CONSTANT, borderValue=0)
         warped = warped.reshape(h, w, -1).astype(np.float32)
-        ones = np.full((h, w), 255, dtype=np.uint8)
-        valid = cv2.warpPerspective(ones, m, (w, h), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
-                                    borderMode=cv2.BORDER_CONSTANT, borderValue=0) > 0
-        valid = cv2.erode(valid.view(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)  # bilinear reads a pixel inside
+        ones = np.full((h, w), 255, dtype=np.uint8)  # stays 255 only where the bilinear sample is wholly inside o
+        valid = cv2.warpPerspective(ones, m, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                    borderMode=cv2.BORDER_CONSTANT, borderValue=0) == 255
         if valid.sum() < 16:
             return None
         weight = valid.astype(np.float32)
@@ -129,25 +131,29 @@ class MoverTracker:
         return np.maximum.reduce(channels), valid
 
     def _finish(self, s: int) -> None:
-        cv2 = self.cv2
         w, h = self.size
         sides = []
         for sign in (-1, 1):
             worst = np.zeros((h, w), dtype=np.float32)
             seen = np.zeros((h, w), dtype=bool)
+            far = np.zeros((h, w), dtype=bool)  # seen by a frame at least _CONFIRM_GAP away
             for d in OFFSETS:
                 r = self._residual(s, s + sign * d)
                 if r is not None:
                     worst = np.where(r[1], np.maximum(worst, r[0]), worst)
                     seen |= r[1]
-            sides.append((worst, seen))
-        (back, back_seen), (fwd, fwd_seen) = sides
-        if not back_seen.any() and not fwd_seen.any():
-            return  # nothing to compare with: a segment of one frame
-        # Both sides must differ where both see the pixel; one side decides where only it does.
-        both = np.where(back_seen & fwd_seen, np.minimum(back, fwd), np.where(back_seen, back, fwd))
+                    if d >= _CONFIRM_GAP:
+                        far |= r[1]
+            sides.append((worst, seen, far))
+        (back, back_seen, back_far), (fwd, fwd_seen, fwd_far) = sides
         seen = back_seen | fwd_seen
-        noise = float(np.median(both[seen])) if seen.any() else 0.0
+        if not seen.any():
+            return  # nothing to compare with: a segment of one frame
+        # Where frames far enough on both sides see the pixel, both must differ (a spot the mover
+        # covers only at another time matches one side); elsewhere any difference counts: nearby
+        # frames alone cannot tell a slow mover from the background, so the mark errs on the safe side.
+        both = np.where(back_far & fwd_far, np.minimum(back, fwd), np.maximum(back, fwd))
+        noise = float(np.median(both[seen]))
         raw = (both > max(self.threshold, _NOISE_FACTOR * noise)) & seen
         self.masks[s] = np.packbits(self._clean(raw), axis=1)
 

@@ -536,9 +536,9 @@ def _warp_onto(ref: np.ndarray, H: np.ndarray, shape, cv2) -> tuple[np.ndarray, 
     h, w = shape
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     warped = cv2.warpPerspective(ref, H, (w, h), flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    inside = cv2.warpPerspective(np.ones(ref.shape, np.uint8), H, (w, h),
-                                 flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT)
-    return warped, cv2.erode(inside, np.ones((3, 3), np.uint8)).astype(bool)
+    ones = np.full(ref.shape, 255, dtype=np.uint8)  # stays 255 only where the bilinear sample is wholly inside
+    inside = cv2.warpPerspective(ones, H, (w, h), flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return warped, inside == 255
 
 
 def photometric_error(cur: np.ndarray, ref: np.ndarray, H: np.ndarray, cv2=None) -> float | None:

@@ -31,30 +31,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from synthetic_pans import Clip, mover_clip  # noqa: E402
+from synthetic_pans import Clip, from_movers, mover_clip  # noqa: E402
 
 from motia.propagate import CoverageStats, MotionParams, PropagationParams, estimate_motion, propagate  # noqa: E402
 
 CLIPS = ("walkers", "follow", "slow", "crowd", "none")
-
-
-def copied_from_movers(clip: Clip, p) -> np.ndarray:
-    """(n,) bool over p's propagated pixels: the spot it came from showed a mover in its origin frame."""
-    import cv2
-
-    ys, xs = np.nonzero(p.mask)
-    out = np.zeros(len(ys), dtype=bool)
-    to_photo_t = np.vstack([clip.path(p.index), [0, 0, 1]])
-    origins = p.origin[ys, xs]
-    for s in np.unique(origins):
-        k = origins == s
-        mask = cv2.dilate(clip.mover_mask(int(s)).astype(np.uint8), np.ones((3, 3), np.uint8))
-        m = np.linalg.inv(np.vstack([clip.path(int(s)), [0, 0, 1]])) @ to_photo_t  # canvas t -> canvas s
-        q = np.stack([xs[k], ys[k], np.ones(k.sum())]) .T @ m.T
-        u = np.clip(np.rint(q[:, 0]).astype(int), 0, mask.shape[1] - 1)
-        v = np.clip(np.rint(q[:, 1]).astype(int), 0, mask.shape[0] - 1)
-        out[k] = mask[v, u] > 0
-    return out
 
 
 def bench(name: str, clip: Clip) -> dict:
@@ -70,7 +51,7 @@ def bench(name: str, clip: Clip) -> dict:
         stats.add(p.mask)
         truth = clip.truth(p.index)
         errs.append(np.abs(p.image[p.mask].astype(np.float64) - truth[p.mask]).mean(axis=1))
-        copied += int(copied_from_movers(clip, p).sum())
+        copied += int(from_movers(clip, p).sum())
     err = np.concatenate(errs) if errs else np.zeros(0)
     pct = (lambda q: float(np.percentile(err, q))) if len(err) else (lambda q: float("nan"))
     return {

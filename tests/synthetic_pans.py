@@ -110,20 +110,25 @@ class Clip:
         return frame
 
 
-def person(height: int, seed: int = 0, stride: float = 0.0):
+def person(height: int, seed: int = 0, stride: float = 0.0, shirt_rgb: tuple[int, int, int] | None = None):
     """A walking figure ``height`` px tall: t -> (h, w, 4) RGBA (legs swing ``stride`` of the height).
 
-    Textured where people are (face, a shirt cut from scikit-image's coffee photo, hair),
-    plain where they often are too (dark trousers: little but noise), edges anti-aliased.
+    Textured where people are (face, a shirt cut from scikit-image's coffee photo, or
+    striped in ``shirt_rgb`` and a darker shade of it), plain where they often are too
+    (dark trousers: little but noise), edges anti-aliased.
     """
     import cv2
 
     h = int(height)
     w = max(8, int(round(0.36 * h)))
     rng = np.random.default_rng(seed)
-    shirt_src = photo("coffee")
-    y0, x0 = rng.integers(0, shirt_src.shape[0] - 120), rng.integers(0, shirt_src.shape[1] - 120)
-    shirt = cv2.resize(shirt_src[y0 : y0 + 120, x0 : x0 + 120], (w, h), interpolation=cv2.INTER_AREA).astype(float)
+    if shirt_rgb is None:
+        shirt_src = photo("coffee")
+        y0, x0 = rng.integers(0, shirt_src.shape[0] - 120), rng.integers(0, shirt_src.shape[1] - 120)
+        shirt = cv2.resize(shirt_src[y0 : y0 + 120, x0 : x0 + 120], (w, h), interpolation=cv2.INTER_AREA).astype(float)
+    else:
+        stripes = (np.arange(h)[:, None, None] // max(2, h // 16)) % 2  # (h, 1, 1)
+        shirt = np.asarray(shirt_rgb, dtype=float) * (1 - 0.3 * stripes) * np.ones((h, w, 1))
     trousers = np.array([40, 45, 80], dtype=float) + rng.normal(0, 3, (h, w, 3))
     skin = np.array([205, 160, 130], dtype=float) + rng.normal(0, 6, (h, w, 3))
     yy = np.mgrid[0:h, 0:w][0].astype(float)
@@ -217,6 +222,27 @@ def oracle_horizontal(clip: Clip, vx: int, params=None) -> list[np.ndarray]:
                         count[x] += 1
                         last = s
         out.append(rows_ok[:, None] & (count >= params.min_agree)[None, :])
+    return out
+
+
+def from_movers(clip: Clip, p) -> np.ndarray:
+    """(n,) bool over ``p``'s propagated pixels (``motia.propagate.Propagated``, row-major order of its mask):
+    the spot it was taken from showed a mover in its origin frame (the true camera path and the movers' true
+    coverage there, dilated by one pixel for the bilinear sample)."""
+    import cv2
+
+    ys, xs = np.nonzero(p.mask)
+    out = np.zeros(len(ys), dtype=bool)
+    to_photo = np.vstack([clip.path(p.index), [0, 0, 1]])
+    origins = p.origin[ys, xs]
+    for s in np.unique(origins):
+        k = origins == s
+        mask = cv2.dilate(clip.mover_mask(int(s)).astype(np.uint8), np.ones((3, 3), np.uint8))
+        m = np.linalg.inv(np.vstack([clip.path(int(s)), [0, 0, 1]])) @ to_photo  # canvas t -> canvas s
+        q = np.stack([xs[k], ys[k], np.ones(int(k.sum()))], axis=1) @ m.T
+        u = np.clip(np.rint(q[:, 0]).astype(int), 0, mask.shape[1] - 1)
+        v = np.clip(np.rint(q[:, 1]).astype(int), 0, mask.shape[0] - 1)
+        out[k] = mask[v, u] > 0
     return out
 
 
