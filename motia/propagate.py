@@ -609,11 +609,12 @@ def _shot_starts(shots: Sequence[int] | None, num_frames: int) -> set[int]:
 
 @dataclass
 class _Seen:
-    """What the motion pass keeps of a frame it may link to: index, features, check image."""
+    """What the motion pass keeps of a frame it may link to: index, features, the frame (for a check image)."""
 
     index: int
     feats: _Features
-    check: np.ndarray
+    frame: np.ndarray
+    check: np.ndarray | None = None  # made when a photometric check or the dense fallback first needs it
 
 
 class _Linker:
@@ -634,19 +635,24 @@ class _Linker:
         if (gray.shape[1], gray.shape[0]) != self.size:
             upscale = self.size[0] > gray.shape[1]
             gray = cv2.resize(gray, self.size, interpolation=cv2.INTER_CUBIC if upscale else cv2.INTER_AREA)
-        return _Seen(t, _detect(gray, self.detector), _check_image(frame, self.check_size, cv2))
+        return _Seen(t, _detect(gray, self.detector), frame)
+
+    def _check(self, seen: _Seen) -> np.ndarray:
+        if seen.check is None:
+            seen.check = _check_image(seen.frame, self.check_size, self.cv2)
+        return seen.check
 
     def link(self, cur: _Seen, key: _Seen | None, prev: _Seen | None) -> tuple[np.ndarray | None, Link | None]:
         for ref in (key, prev if prev is not None and (key is None or prev.index != key.index) else None):
             if ref is None:
                 continue
             H, link = _match(cur.feats, ref.feats, ref.index, self.size, self.params, self.gates, self.norm, self.cv2)
-            if H is not None and (link.inliers >= self.gates.checked_below
-                                  or photometric_error(cur.check, ref.check, self._in_check(H), self.cv2) is not None):
+            if H is not None and (link.inliers >= self.gates.checked_below or photometric_error(
+                    self._check(cur), self._check(ref), self._in_check(H), self.cv2) is not None):
                 return H, link
         if prev is not None and self.params.dense_fallback:
-            H = _dense(cur.check, prev.check, self.cv2)
-            err = None if H is None else photometric_error(cur.check, prev.check, H, self.cv2)
+            H = _dense(self._check(cur), self._check(prev), self.cv2)
+            err = None if H is None else photometric_error(self._check(cur), self._check(prev), H, self.cv2)
             if err is not None:
                 return self.from_check @ H @ self.to_check, Link(to=prev.index, model="translation", matches=0,
                                                                   inliers=0, rms=round(err, 4), method="dense")
