@@ -1,9 +1,10 @@
 """What each frame knows: the source box plus the pixels other frames show (pixel propagation in the pipeline).
 
 ``propagate_clip`` runs ``motia.propagate`` for a job: the camera motion once per clip
-from the model-scale source frames, then each frame's propagated pixels on the model's
-canvas, kept compactly in a ``ClipPropagation`` (a mask per frame and the filled values
-only, not whole canvases). Outpainting takes what counts as known from it, per frame:
+from the model-scale source frames (each shot on its own when the shots are given; what
+moves on its own marked, never propagated), then each frame's propagated pixels on the
+model's canvas, kept compactly in a ``ClipPropagation`` (a mask per frame and the filled
+values only, not whole canvases). Outpainting takes what counts as known from it, per frame:
 the ControlNet's control frames (``control``), the known latents and their per-frame
 latent mask (``motia.outpaint.encode_known_frames``), and the paste (``known``,
 ``image``). ``OutputPropagation`` repeats the propagation at the written scale, one

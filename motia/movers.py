@@ -7,21 +7,22 @@ motion pass marks them, per frame, and propagation takes no candidate from a mar
 spot (``motia.propagate``).
 
 ``MoverTracker`` runs inside ``motia.propagate.estimate_motion``: it sees each frame
-once, in order, small (``mask_size``: half the analysis resolution, colour, blurred).
-For frame s it warps the frames s - d and s + d of the same segment (d in ``OFFSETS``)
-onto s with the estimated camera motion, and takes per pixel the largest residual
-among the earlier frames and among the later ones (a global per-channel offset
-removed: exposure drifts). Where frames at least ``_CONFIRM_GAP`` away on both sides
-overlap s, a pixel is marked if both sides differ by more than the threshold: a
-mover's pixel in s differs from the background that the other frames show there once
-it has moved on, while a background pixel that the mover covers only at another time
-matches the other side. Elsewhere (near the start or end of a segment, or the strip
-of s that frames far on one side do not see) any difference marks it: only nearby
-frames see it, and they may still show a slow mover where it is in s. The marks are cleaned up (gaps closed, enclosed holes filled: a plain shirt
-does not differ from itself, but its outline does; specks removed) and dilated a
-little, and kept as one bit per cell. What the camera model does not explain for
-other reasons (parallax of near things, flicker) is marked too: propagation
-generates those pixels instead of copying them, the safe side.
+once, in order, small (``mask_size``: half the analysis resolution, colour). For frame
+s it warps the frames s - d and s + d of the same segment (d in ``OFFSETS``) onto s with
+the estimated camera motion, blurs the difference a little, and takes per pixel the
+largest residual among the earlier frames and among the later ones (a global
+per-channel offset removed: exposure drifts). Where frames at least ``_CONFIRM_GAP``
+away on both sides overlap s, a pixel is marked if both sides differ by more than the
+threshold: a mover's pixel in s differs from the background that the other frames
+show there once it has moved on, while a background pixel that the mover covers only
+at another time matches the other side. Elsewhere (near the start or end of a
+segment, or the strip of s that frames far on one side do not see) any difference
+marks it: only nearby frames see it, and they may still show a slow mover where it is
+in s. The marks are cleaned up (gaps closed, enclosed holes filled: a plain shirt does
+not differ from itself, but its outline does; lone cells dropped) and dilated a little,
+and kept as one bit per cell. What the camera model does not explain for other reasons
+(parallax of near things, flicker) is marked too: propagation generates those pixels
+instead of copying them, the safe side.
 
 Cost per frame: up to 2 x len(OFFSETS) warps of a frame at half the analysis size
 and a few morphological passes (a few ms); memory: 2 x max(OFFSETS) + 1 small frames
@@ -49,7 +50,8 @@ def mask_size(analysis: Sequence[int], native: Sequence[int]) -> tuple[int, int]
     return max(4, round(native[0] * f)), max(4, round(native[1] * f))
 
 
-def _pixel_scale(src: Sequence[int], dst: Sequence[int]) -> np.ndarray:
+def pixel_scale(src: Sequence[int], dst: Sequence[int]) -> np.ndarray:
+    """3x3 map of pixel coordinates at size src (w, h) to size dst, pixel centres kept."""
     sx, sy = dst[0] / src[0], dst[1] / src[1]
     return np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1]], dtype=np.float64)
 
@@ -71,12 +73,11 @@ class MoverTracker:
         self.threshold = float(threshold)
         self.transforms, self.segments = transforms, segments
         # analysis coordinates -> mask coordinates
-        self._scale = _pixel_scale(analysis, self.size)
+        self._scale = pixel_scale(analysis, self.size)
         self._unscale = np.linalg.inv(self._scale)
         self.masks = np.zeros((num_frames, h, math.ceil(w / 8)), dtype=np.uint8)
         self._ring: dict[int, np.ndarray] = {}
         self._pending: list[int] = []
-        self._last = -1
         self._close = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (_CLOSE_CELLS, _CLOSE_CELLS))
         self._dilate = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * _DILATE_CELLS + 1, 2 * _DILATE_CELLS + 1))
 
@@ -86,7 +87,6 @@ class MoverTracker:
         small = cv2.resize(frame, self.size, interpolation=cv2.INTER_AREA)
         self._ring[t] = small.reshape(small.shape[0], small.shape[1], -1)
         self._pending.append(t)
-        self._last = t
         # A frame is finished once every later frame it compares with is known (or its segment ended).
         while self._pending and (self._pending[0] + OFFSETS[-1] <= t
                                  or self.segments[self._pending[0]] != self.segments[t]):

@@ -60,6 +60,8 @@ import numpy as np
 
 from motia.errors import ConfigError
 from motia.geometry import SIDES, Canvas
+from motia.movers import MoverTracker, unpack
+from motia.movers import pixel_scale as _pixel_scale
 
 ReadFrame = Callable[[int], np.ndarray]
 
@@ -258,8 +260,6 @@ class CameraMotion:
         """Frame t's (h, w) bool mask of independently moving things at ``movers_size``, or None if not estimated."""
         if self.movers is None:
             return None
-        from motia.movers import unpack
-
         return unpack(self.movers, t, self.movers_size)
 
     def summary(self) -> dict:
@@ -320,12 +320,6 @@ class CameraMotion:
             movers=movers,
             movers_size=movers_size,
         )
-
-
-def _pixel_scale(src: Sequence[int], dst: Sequence[int]) -> np.ndarray:
-    """3x3 map of pixel coordinates at size src (w, h) to size dst, pixel centres kept."""
-    sx, sy = dst[0] / src[0], dst[1] / src[1]
-    return np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1]], dtype=np.float64)
 
 
 def _u8(frame: np.ndarray) -> np.ndarray:
@@ -703,8 +697,6 @@ def estimate_motion(
             native, size = (w, h), _analysis_size(w, h, params.analysis_size)
             linker = _Linker(params, native, size, cv2)
             if params.reject_movers:
-                from motia.movers import MoverTracker
-
                 tracker = MoverTracker(num_frames, size, native, params.mover_threshold * 255, transforms, segments, cv2)
         elif (w, h) != native:
             raise ValueError(f"read_frame({t}) is {w}x{h} but frame 0 was {native[0]}x{native[1]}: "
