@@ -137,6 +137,12 @@ class PropagationSection(_Section):
     min_inliers: int = Field(30, ge=4)  # a frame pair fitted on fewer RANSAC inliers gives nothing
     min_inlier_ratio: float = Field(0.3, gt=0, le=1)  # inliers / matches
     max_error: float = Field(1.0, gt=0)  # inlier RMS reprojection error, px at the analysis size
+    # where features fail (a plain sky, a small clip): link to the previous frame by phase correlation + ECC,
+    # kept only if the frames then agree and would not at a pixel's offset (motia.propagate.photometric_error)
+    dense_fallback: bool = True
+    # mark independently moving things (passers-by) per frame and take no pixel from them (motia.movers)
+    reject_movers: bool = True
+    mover_threshold: float = Field(0.05, gt=0, le=1)  # a pixel differing this much from its warped neighbours moves
     radius: int = Field(100, ge=1, le=16000)  # frames either side that may give pixels
     samples: int = Field(5, ge=1, le=100)  # candidates per pixel for the agreement test
     spacing: int = Field(4, ge=1)  # min frames between a pixel's candidates on one side of it

@@ -1,9 +1,10 @@
 """What each frame knows: the source box plus the pixels other frames show (pixel propagation in the pipeline).
 
 ``propagate_clip`` runs ``motia.propagate`` for a job: the camera motion once per clip
-from the model-scale source frames, then each frame's propagated pixels on the model's
-canvas, kept compactly in a ``ClipPropagation`` (a mask per frame and the filled values
-only, not whole canvases). Outpainting takes what counts as known from it, per frame:
+from the model-scale source frames (each shot on its own when the shots are given; what
+moves on its own marked, never propagated), then each frame's propagated pixels on the
+model's canvas, kept compactly in a ``ClipPropagation`` (a mask per frame and the filled
+values only, not whole canvases). Outpainting takes what counts as known from it, per frame:
 the ControlNet's control frames (``control``), the known latents and their per-frame
 latent mask (``motia.outpaint.encode_known_frames``), and the paste (``known``,
 ``image``). ``OutputPropagation`` repeats the propagation at the written scale, one
@@ -178,6 +179,7 @@ def propagate_clip(
     frames: torch.Tensor,
     canvas: Canvas,
     *,
+    shots: Sequence[int] | None = None,
     progress: bool = False,
     cancel: threading.Event | None = None,
 ) -> ClipPropagation:
@@ -185,8 +187,10 @@ def propagate_clip(
 
     Motion is estimated once on these frames (at ``outpaint.propagation.analysis_size``);
     with ``auto``, a clip whose motion reaches no new pixel (``reachable``) stops there.
-    ``progress`` shows a bar over the frames; ``cancel`` (set by another thread) stops the
-    work between frames with ``Cancelled``.
+    ``shots``: the first frame of each shot (sorted, starting with 0; None: one shot):
+    frames of different shots never exchange pixels. ``progress`` shows a bar over the
+    frames; ``cancel`` (set by another thread) stops the work between frames with
+    ``Cancelled``.
     """
     num_frames = int(frames.shape[0])
     mode = cfg.outpaint.propagate
@@ -205,7 +209,7 @@ def propagate_clip(
             raise Cancelled
 
     t0 = time.perf_counter()
-    motion = estimate_motion(read, num_frames, motion_params, callback=check)
+    motion = estimate_motion(read, num_frames, motion_params, shots=shots, callback=check)
     t1 = time.perf_counter()
     reach = reachable(motion, canvas, params)
     if mode == "auto" and not reach.any():
@@ -299,11 +303,13 @@ def fill_unknown(image: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def describe_propagation(cfg: JobConfig, frames: torch.Tensor, canvas: Canvas, sample: int = 8) -> dict:
+def describe_propagation(cfg: JobConfig, frames: torch.Tensor, canvas: Canvas, sample: int = 8,
+                         shots: Sequence[int] | None = None) -> dict:
     """`motia info`'s view: mode, motion, and coverage over up to ``sample`` evenly spaced frames (model scale).
 
-    Motion is estimated on every frame (it chains); propagation runs on the sampled frames
-    only, so this costs the motion estimate plus ``sample`` frames' propagation.
+    Motion is estimated on every frame (it chains), each shot on its own (``shots`` as
+    ``propagate_clip``'s); propagation runs on the sampled frames only, so this costs the
+    motion estimate plus ``sample`` frames' propagation.
     """
     t0 = time.perf_counter()
     num_frames = int(frames.shape[0])
@@ -314,12 +320,15 @@ def describe_propagation(cfg: JobConfig, frames: torch.Tensor, canvas: Canvas, s
 
     motion_params, params = params_from_config(cfg.outpaint.propagation)
     read = frame_reader(frames)
-    motion = estimate_motion(read, num_frames, motion_params)
+    motion = estimate_motion(read, num_frames, motion_params, shots=shots)
     reach = reachable(motion, canvas, params)
     out = {"mode": cfg.outpaint.propagate, "runs": bool(reach.any()) or cfg.outpaint.propagate == "on"}
     m = motion.summary()
-    out["motion"] = (f"{m['linked_frames']} of {num_frames} frames linked, {m['segments']} segment(s); "
+    dense = f" ({m['dense_links']} by the dense fallback)" if m["dense_links"] else ""
+    out["motion"] = (f"{m['linked_frames']} of {num_frames} frames linked{dense}, {m['segments']} segment(s); "
                      + ", ".join(f"{k} {v}" for k, v in m["models"].items() if v)).rstrip("; ")
+    if m.get("mover_share"):
+        out["movers"] = f"{m['mover_share']:.1%} of the source pixels move on their own (never propagated)"
     if not reach.any():
         out["note"] = "nothing to fill: no other frame shows the new region (a still camera, or no matches)"
         out["coverage"] = "0 (propagation changes nothing)"

@@ -8,28 +8,35 @@ no config reading (``params_from_config`` maps the config section).
 
 Two steps:
 
-* ``estimate_motion``: SIFT features on frames downscaled to ``analysis_size``,
-  ratio-test matches, RANSAC, then the simplest model that explains the inliers
-  (translation, similarity, affine, homography), refitted robustly. Every frame
-  is linked to the current keyframe (bounded drift: a path between frames d
-  apart has about d / keyframe_interval + 2 links) and, if that fit is poor, to
-  the previous frame; a frame with no good link starts a new segment, and frames
-  in different segments never exchange pixels. Cost: at most 2 matches per frame,
-  each frame read once, in order. The result, ``CameraMotion``, holds per frame a
-  3x3 transform to its segment's reference frame, scales to any frame size and
-  round-trips through JSON.
+* ``estimate_motion``: SIFT features on frames scaled to ``analysis_size`` (frames
+  under 256 px upscaled to it: features exist there), ratio-test matches, RANSAC,
+  then the simplest model that explains the inliers (translation, similarity,
+  affine, homography), refitted robustly; the gates scale with the frame's area
+  (``motion_gates``). Every frame is linked to the current keyframe (bounded
+  drift: a path between frames d apart has about d / keyframe_interval + 2 links)
+  and, if that fit is poor, to the previous frame; where features fail (a plain
+  sky), to the previous frame by phase correlation + ECC, kept only if it passes
+  the photometric check (``photometric_error``). A frame with no good link, or
+  the first frame of a shot (``shots``), starts a new segment, and frames in
+  different segments never exchange pixels. Alongside, ``motia.movers`` marks in
+  each frame what moves on its own (people walking past). Cost: at most 2 matches
+  per frame (3 with the dense fallback), each frame read once, in order. The
+  result, ``CameraMotion``, holds per frame a 3x3 transform to its segment's
+  reference frame and a mover mask, scales to any frame size and round-trips
+  through JSON.
 * ``propagate_frame`` / ``propagate``: for every canvas pixel outside the source
   box of frame t, visit frames s in order of temporal distance within
   ``radius``; where the pixel's position warped into s lies inside s's source
-  box (shrunk by a margin), sample it bilinearly (cv2.remap). Each pixel keeps up
-  to ``samples`` candidates, those on the same side of t at least ``spacing``
-  frames apart (so they span more time than a passing object covers); a strict
-  majority (and at least ``min_agree``) within ``tolerance`` of their median must
-  agree, else the pixel is left to diffusion. The value is the nearest agreeing
-  frame's. An object that stays over the same background for more than about
-  half the candidates' span (samples * spacing / 2 frames) wins the vote and is
-  copied: that is the limit of this test. Works at any scale: give frames and
-  canvas at that scale.
+  box (shrunk by a margin) and not on a mover of s, sample it bilinearly
+  (cv2.remap). Each pixel keeps up to ``samples`` candidates, those on the same
+  side of t at least ``spacing`` frames apart (so they span more time than a
+  passing object covers); a strict majority (and at least ``min_agree``) within
+  ``tolerance`` of their median must agree, else the pixel is left to diffusion.
+  The value is the nearest agreeing frame's. Beside a mover that t's own box edge
+  cuts, the border is left to diffusion (the mover goes on there). A mover the
+  masks miss and that stays over the same background for more than about half
+  the candidates' span (samples * spacing / 2 frames) can still win the vote.
+  Works at any scale: give frames and canvas at that scale.
 
 Conventions: frames are numpy (h, w, C) or (h, w) arrays, uint8 or float in
 [0, 1] (OpenCV's layout, not motia's torch (F, C, H, W)); ``read_frame(i)``
@@ -53,6 +60,8 @@ import numpy as np
 
 from motia.errors import ConfigError
 from motia.geometry import SIDES, Canvas
+from motia.movers import MoverTracker, unpack
+from motia.movers import pixel_scale as _pixel_scale
 
 ReadFrame = Callable[[int], np.ndarray]
 
@@ -71,6 +80,20 @@ _IRLS_ITERS = 5  # reweighted refits of the chosen model; the residuals settle w
 _REMAP_COLS = 4096  # cv2.remap needs both map sides below 32767
 _NO_OFFSET = np.iinfo(np.int16).min  # an empty candidate slot (frame offsets are int16)
 _MAX_RADIUS = 16000
+_MIN_ANALYSIS = 256  # frames smaller than this (long side) are analysed upscaled to it
+_MAX_UPSCALE = 4.0
+_MIN_GATE = 8  # the scaled min_inliers never goes below this
+# The photometric check of a dense link (and of a feature link only the scaled gate admits),
+# on blurred gray frames at the check size (the analysis size, never upscaled); levels of 255.
+_CHECK_BLUR = 1.0  # px: Gaussian sigma, keeps bilinear resampling errors and noise small
+_CHECK_OVERLAP = 0.5  # the warped frame must cover this share of the frame
+_CHECK_FLAT = 3.0  # median |difference| over the overlap (mostly plain areas: a cut to another sky fails)
+_CHECK_RMS = 5.0  # RMS difference over the overlap
+_CHECK_MIN_RISE = 300.0  # level^2: a 1 px move of the alignment raises the summed squared difference this much
+_CHECK_RISE_NOISE = 4.0  # ... and this many times sqrt(n) x RMS (what noise alone could do)
+_EDGE_DEPTH = 0.35  # the border beside a mover cut by the box edge is left this deep, times the cut's length
+_EDGE_MAX_DEPTH = 0.15  # ... at most this share of the source's long side
+_DENSE_MAX_SHIFT = 0.3  # share of the frame: a dense link to the previous frame moves less
 
 
 def require_cv2():
@@ -90,20 +113,25 @@ class MotionParams:
     """Camera-motion estimation settings (pixel values are at the analysis size)."""
 
     features: str = "sift"  # "sift" (sub-pixel keypoints, scale invariant) or "orb" (faster, coarser)
-    analysis_size: int = 512  # frames are downscaled to this long side (never upscaled)
+    analysis_size: int = 512  # frames are downscaled to this long side (small ones upscaled, see _analysis_size)
     max_features: int = 2000
     match_ratio: float = 0.75  # Lowe's ratio test
     ransac_threshold: float = 2.0  # px
     keyframe_interval: int = 8
-    min_inliers: int = 30
+    min_inliers: int = 30  # for a 16:9 frame of analysis_size; smaller frames need fewer (see gates)
     min_inlier_ratio: float = 0.3  # inliers / ratio-test matches
     max_error: float = 1.0  # inlier RMS reprojection error of the chosen model, px
+    dense_fallback: bool = True  # link by phase correlation + ECC where features fail (photometric check)
+    reject_movers: bool = True  # mark independently moving things per frame (motia.movers)
+    mover_threshold: float = 0.05  # a pixel differing from its warped neighbours by more is moving ([0, 1] scale)
 
     def __post_init__(self):
         if self.features not in ("sift", "orb"):
             raise ValueError(f"features must be 'sift' or 'orb', got {self.features!r}")
         if self.analysis_size < 16 or self.keyframe_interval < 1 or self.min_inliers < 4 or self.max_features < 8:
             raise ValueError(f"invalid motion parameters: {self}")
+        if not 0 < self.mover_threshold <= 1:
+            raise ValueError(f"mover_threshold must be in (0, 1], got {self.mover_threshold}")
 
 
 @dataclass(frozen=True)
@@ -136,6 +164,9 @@ def params_from_config(section) -> tuple[MotionParams, PropagationParams]:
         min_inliers=section.min_inliers,
         min_inlier_ratio=section.min_inlier_ratio,
         max_error=section.max_error,
+        dense_fallback=section.dense_fallback,
+        reject_movers=section.reject_movers,
+        mover_threshold=section.mover_threshold,
     )
     prop = PropagationParams(
         radius=section.radius,
@@ -157,9 +188,10 @@ class Link:
 
     to: int  # the earlier frame
     model: str  # one of MODELS
-    matches: int  # ratio-test matches
+    matches: int  # ratio-test matches (0 for a dense link)
     inliers: int
-    rms: float  # inlier RMS reprojection error, px at the analysis size
+    rms: float  # inlier RMS reprojection error, px at the analysis size (dense: mean |difference| on texture, levels)
+    method: str = "features"  # "features" (keypoints + RANSAC) or "dense" (phase correlation + ECC, checked)
 
     @property
     def inlier_ratio(self) -> float:
@@ -167,12 +199,12 @@ class Link:
 
     def to_dict(self) -> dict:
         return {"to": self.to, "model": self.model, "matches": self.matches, "inliers": self.inliers,
-                "inlier_ratio": round(self.inlier_ratio, 4), "rms": self.rms}
+                "inlier_ratio": round(self.inlier_ratio, 4), "rms": self.rms, "method": self.method}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Link":
         return cls(to=int(data["to"]), model=str(data["model"]), matches=int(data["matches"]),
-                   inliers=int(data["inliers"]), rms=float(data["rms"]))
+                   inliers=int(data["inliers"]), rms=float(data["rms"]), method=str(data.get("method", "features")))
 
 
 @dataclass
@@ -181,7 +213,8 @@ class CameraMotion:
 
     ``transforms[t]`` maps frame t's pixel coordinates to its segment reference's;
     frames in different segments are unrelated. ``links[t]`` is None for the first frame
-    of a segment.
+    of a segment. ``movers`` (packed bits, see ``motia.movers``) marks per frame what
+    moves on its own, at ``movers_size`` (w, h); None when not estimated.
     """
 
     size: tuple[int, int]  # (width, height) the transforms are expressed at
@@ -189,6 +222,8 @@ class CameraMotion:
     segments: np.ndarray  # (F,) int
     links: list[Link | None] = field(default_factory=list)
     features: str = "sift"  # the detector that found it (provenance for summaries)
+    movers: np.ndarray | None = None  # (F, h, ceil(w / 8)) uint8: one bit per cell, set where a mover is
+    movers_size: tuple[int, int] | None = None  # (w, h) of the mover masks
     _inverse: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -221,54 +256,82 @@ class CameraMotion:
             rel = scale @ rel @ np.linalg.inv(scale)
         return rel / rel[..., 2:3, 2:3]
 
+    def mover_mask(self, t: int) -> np.ndarray | None:
+        """Frame t's (h, w) bool mask of independently moving things at ``movers_size``, or None if not estimated."""
+        if self.movers is None:
+            return None
+        return unpack(self.movers, t, self.movers_size)
+
     def summary(self) -> dict:
-        """Counts for run summaries: frames, segments, links per model, mean inliers and RMS."""
+        """Counts for run summaries: frames, segments, links per model and method, mean inliers and RMS, movers."""
         used = [link for link in self.links if link is not None]
-        return {
+        keyed = [link for link in used if link.method == "features"]
+        out = {
             "features": self.features,
             "frames": self.num_frames,
             "segments": int(len(np.unique(self.segments))) if self.num_frames else 0,
             "linked_frames": len(used),
+            "dense_links": len(used) - len(keyed),
             "models": {m: sum(link.model == m for link in used) for m in MODELS},
-            "mean_inliers": round(float(np.mean([link.inliers for link in used])), 1) if used else None,
-            "mean_rms": round(float(np.mean([link.rms for link in used])), 4) if used else None,
+            "mean_inliers": round(float(np.mean([link.inliers for link in keyed])), 1) if keyed else None,
+            "mean_rms": round(float(np.mean([link.rms for link in keyed])), 4) if keyed else None,
         }
+        if self.movers is not None and self.num_frames:
+            cells = self.movers_size[0] * self.movers_size[1]
+            marked = sum(int(np.unpackbits(m, axis=1, count=self.movers_size[0]).sum()) for m in self.movers)
+            out["mover_share"] = round(marked / (cells * self.num_frames), 4)  # share of pixels marked as moving
+        return out
 
     def to_dict(self) -> dict:
-        """JSON-friendly: size, per-frame transform (row-major 9 floats), segment and link."""
+        """JSON-friendly: size, per-frame transform (row-major 9 floats), segment, link and mover mask (base64 bits)."""
+        import base64
+
+        movers = [None] * self.num_frames if self.movers is None else [
+            base64.b64encode(m.tobytes()).decode("ascii") for m in self.movers]
         return {
             "size": list(self.size),
             "features": self.features,
+            "movers_size": list(self.movers_size) if self.movers_size is not None else None,
             "summary": self.summary(),
             "frames": [
                 {"segment": int(seg), "transform": [float(v) for v in tr.ravel()],
-                 "link": link.to_dict() if link is not None else None}
-                for tr, seg, link in zip(self.transforms, self.segments, self.links)
+                 "link": link.to_dict() if link is not None else None, "movers": mv}
+                for tr, seg, link, mv in zip(self.transforms, self.segments, self.links, movers)
             ],
         }
 
     @classmethod
     def from_dict(cls, data: dict) -> "CameraMotion":
+        import base64
+
         frames = data["frames"]
+        movers = movers_size = None
+        if data.get("movers_size") is not None:
+            movers_size = (int(data["movers_size"][0]), int(data["movers_size"][1]))
+            row = math.ceil(movers_size[0] / 8)
+            movers = np.stack([np.frombuffer(base64.b64decode(f["movers"]), dtype=np.uint8).reshape(-1, row)
+                               for f in frames])
         return cls(
             size=(int(data["size"][0]), int(data["size"][1])),
             transforms=np.array([f["transform"] for f in frames], dtype=np.float64).reshape(-1, 3, 3),
             segments=np.array([f["segment"] for f in frames], dtype=np.int64),
             links=[Link.from_dict(f["link"]) if f["link"] is not None else None for f in frames],
             features=str(data.get("features", "sift")),
+            movers=movers,
+            movers_size=movers_size,
         )
 
 
-def _pixel_scale(src: Sequence[int], dst: Sequence[int]) -> np.ndarray:
-    """3x3 map of pixel coordinates at size src (w, h) to size dst, pixel centres kept."""
-    sx, sy = dst[0] / src[0], dst[1] / src[1]
-    return np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1]], dtype=np.float64)
-
-
-def _gray_u8(frame: np.ndarray, cv2) -> np.ndarray:
+def _u8(frame: np.ndarray) -> np.ndarray:
+    """A frame as uint8 (float frames are in [0, 1])."""
     frame = np.asarray(frame)
     if frame.dtype != np.uint8:
         frame = np.clip(np.rint(frame.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
+    return frame
+
+
+def _gray_u8(frame: np.ndarray, cv2) -> np.ndarray:
+    frame = _u8(frame)
     if frame.ndim == 3 and frame.shape[2] == 1:
         frame = frame[:, :, 0]
     elif frame.ndim == 3:
@@ -277,8 +340,43 @@ def _gray_u8(frame: np.ndarray, cv2) -> np.ndarray:
 
 
 def _analysis_size(w: int, h: int, long_side: int) -> tuple[int, int]:
-    f = min(1.0, long_side / max(w, h))
+    """(w, h) frames are analysed at: ``long_side`` on the long side when larger; when smaller than
+    ``_MIN_ANALYSIS`` (or ``long_side`` if that is smaller) upscaled to it (at most ``_MAX_UPSCALE``x),
+    as SIFT finds few keypoints on an 80x96 frame and more on the same frame enlarged."""
+    big = max(w, h)
+    if big > long_side:
+        f = long_side / big
+    else:
+        f = max(1.0, min(min(_MIN_ANALYSIS, long_side) / big, _MAX_UPSCALE))
     return max(1, round(w * f)), max(1, round(h * f))
+
+
+@dataclass(frozen=True)
+class Gates:
+    """The fit-quality gates for one clip's frames: ``MotionParams``'s, scaled to what is analysed."""
+
+    min_inliers: int  # a feature link needs this many RANSAC inliers
+    checked_below: int  # a feature link with fewer inliers must also pass the photometric check
+    ransac_threshold: float  # px at the analysis size
+    max_error: float  # px at the analysis size
+
+
+def motion_gates(params: MotionParams, native: Sequence[int]) -> Gates:
+    """Gates for frames of ``native`` (w, h) size.
+
+    ``min_inliers`` is meant for a 16:9 frame of ``analysis_size``; a smaller frame has
+    proportionally less detail, so the gate scales with its area (the native area when
+    upscaled: enlarging adds no detail) down to ``_MIN_GATE``. A link admitted only by
+    the scaled gate must also pass the photometric check that dense links pass. Pixel
+    thresholds grow with the upscale factor (keypoints are as precise as the native frame).
+    """
+    size = _analysis_size(native[0], native[1], params.analysis_size)
+    up = max(1.0, size[0] / native[0])
+    detail = native[0] * native[1] if up > 1 else size[0] * size[1]
+    full = params.analysis_size**2 * 9 / 16
+    min_inliers = max(min(_MIN_GATE, params.min_inliers), round(params.min_inliers * min(1.0, detail / full)))
+    return Gates(min_inliers=min_inliers, checked_below=params.min_inliers,
+                 ransac_threshold=params.ransac_threshold * up, max_error=params.max_error * up)
 
 
 class _Features:
@@ -370,24 +468,24 @@ def _plausible(H: np.ndarray, w: int, h: int) -> bool:
     return 1 / _MAX_AREA_CHANGE <= ratio <= _MAX_AREA_CHANGE
 
 
-def _match(cur: _Features, ref: _Features, to: int, size, params: MotionParams, norm, cv2):
+def _match(cur: _Features, ref: _Features, to: int, size, params: MotionParams, gates: Gates, norm, cv2):
     """Transform from ``cur``'s coordinates to ``ref``'s and its Link, or (None, None) if the fit is poor."""
-    if cur.desc is None or ref.desc is None or len(cur.pts) < params.min_inliers or len(ref.pts) < 2:
+    if cur.desc is None or ref.desc is None or len(cur.pts) < gates.min_inliers or len(ref.pts) < 2:
         return None, None
     pairs = cv2.BFMatcher(norm).knnMatch(cur.desc, ref.desc, k=2)
     good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < params.match_ratio * p[1].distance]
-    if len(good) < params.min_inliers:
+    if len(good) < gates.min_inliers:
         return None, None
     qi = np.array([m.queryIdx for m in good])
     ti = np.array([m.trainIdx for m in good])
     src, dst = cur.pts[qi], ref.pts[ti]
     w = np.sqrt(cur.weights[qi] * ref.weights[ti])
-    _, mask = cv2.findHomography(src, dst, cv2.RANSAC, params.ransac_threshold, maxIters=2000, confidence=0.999)
+    _, mask = cv2.findHomography(src, dst, cv2.RANSAC, gates.ransac_threshold, maxIters=2000, confidence=0.999)
     if mask is None:
         return None, None
     inl = mask.ravel().astype(bool)
     n_in = int(inl.sum())
-    if n_in < params.min_inliers or n_in / len(good) < params.min_inlier_ratio:
+    if n_in < gates.min_inliers or n_in / len(good) < params.min_inlier_ratio:
         return None, None
     src, dst, w = src[inl], dst[inl], w[inl]
     fits = {}
@@ -402,10 +500,160 @@ def _match(cur: _Features, ref: _Features, to: int, size, params: MotionParams, 
     best = min(err for _, err in fits.values())
     model = next(m for m in MODELS if m in fits and fits[m][1] <= best * (1 + _MODEL_SLACK_REL) + _MODEL_SLACK_PX)
     H = fits[model][0]
+    # The homography RANSAC can bend to take in points of a mover; the chosen (simpler) model
+    # keeps only the points it explains within the threshold, and is refitted on them.
+    near = np.linalg.norm(_apply(H, src) - dst, axis=1) <= gates.ransac_threshold
+    n_in = int(near.sum())
+    if n_in < len(src):
+        if n_in < gates.min_inliers or n_in / len(good) < params.min_inlier_ratio:
+            return None, None
+        src, dst, w = src[near], dst[near], w[near]
+        H = _fit(model, src, dst, w, cv2)
+        if H is None or not _plausible(H, *size):
+            return None, None
     err = _rms(H, src, dst)
-    if err > params.max_error:
+    if err > gates.max_error:
         return None, None
     return H, Link(to=to, model=model, matches=len(good), inliers=n_in, rms=err)
+
+
+def _check_image(frame: np.ndarray, size: tuple[int, int], cv2) -> np.ndarray:
+    """The blurred float32 gray frame at ``size`` that the photometric check and the dense fallback read."""
+    gray = _gray_u8(frame, cv2)
+    if (gray.shape[1], gray.shape[0]) != tuple(size):
+        gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+    return cv2.GaussianBlur(gray.astype(np.float32), (0, 0), _CHECK_BLUR)
+
+
+def _warp_onto(ref: np.ndarray, H: np.ndarray, shape, cv2) -> tuple[np.ndarray, np.ndarray]:
+    """``ref`` sampled at H(x) for every pixel x of a frame of ``shape``, and where that lies inside ``ref``."""
+    h, w = shape
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    warped = cv2.warpPerspective(ref, H, (w, h), flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    ones = np.full(ref.shape, 255, dtype=np.uint8)  # stays 255 only where the bilinear sample is wholly inside
+    inside = cv2.warpPerspective(ones, H, (w, h), flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return warped, inside == 255
+
+
+def photometric_error(cur: np.ndarray, ref: np.ndarray, H: np.ndarray, cv2=None) -> float | None:
+    """Whether H (``cur``'s pixel coordinates -> ``ref``'s) aligns the two check images, and how well.
+
+    Returns the RMS difference in levels over the overlap, or None when the alignment is
+    refused: the overlap is small; the frames disagree (median or RMS difference: a cut,
+    a wrong shift); or moving the alignment by one pixel left, right, up or down does not
+    raise the summed squared difference clearly, i.e. the alignment is not at a minimum,
+    or not determined along that axis (a plain sky matches itself at any shift, a
+    horizon along itself). "Clearly": by at least ``_CHECK_RISE_NOISE`` times what the
+    residual noise could make of it (sqrt(n) x RMS over the n pixels), and
+    ``_CHECK_MIN_RISE`` level^2 whatever the noise.
+    """
+    cv2 = cv2 or require_cv2()
+    warped, valid = _warp_onto(ref, H, cur.shape, cv2)
+    moved = []
+    for axis in (0, 1):
+        for sign in (-1.0, 1.0):
+            shift = np.eye(3)
+            shift[axis, 2] = sign
+            image, inside = _warp_onto(ref, H @ shift, cur.shape, cv2)
+            moved.append(image)
+            valid &= inside
+    n = int(valid.sum())
+    if n < _CHECK_OVERLAP * valid.size:
+        return None
+    c = cur[valid]
+    diff = c - warped[valid]
+    ssd = float(np.dot(diff, diff))
+    rms = math.sqrt(ssd / n)
+    if float(np.median(np.abs(diff))) > _CHECK_FLAT or rms > _CHECK_RMS:
+        return None
+    needed = max(_CHECK_MIN_RISE, _CHECK_RISE_NOISE * math.sqrt(n) * rms)
+    for image in moved:
+        d = c - image[valid]
+        if float(np.dot(d, d)) - ssd < needed:
+            return None
+    return rms
+
+
+def _dense(cur: np.ndarray, ref: np.ndarray, cv2) -> np.ndarray | None:
+    """Translation from ``cur``'s coordinates to ``ref``'s: phase correlation, refined by ECC; None if implausible."""
+    h, w = cur.shape
+    (dx, dy), _ = cv2.phaseCorrelate(ref, cur, cv2.createHanningWindow((w, h), cv2.CV_32F))  # cur(x) ~ ref(x - d)
+    warp = np.array([[1, 0, -dx], [0, 1, -dy]], dtype=np.float32)
+    try:  # ECC maximises the correlation of cur(x) and ref(warp(x)): sub-pixel, not biased by the window
+        _, warp = cv2.findTransformECC(cur, ref, warp, cv2.MOTION_TRANSLATION,
+                                       (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 50, 1e-4), None, 1)
+    except cv2.error:
+        pass  # did not converge: the phase correlation stands, the check decides
+    H = np.eye(3)
+    H[:2] = warp
+    if abs(H[0, 2]) > _DENSE_MAX_SHIFT * w or abs(H[1, 2]) > _DENSE_MAX_SHIFT * h or not np.all(np.isfinite(H)):
+        return None
+    return H
+
+
+def _shot_starts(shots: Sequence[int] | None, num_frames: int) -> set[int]:
+    if shots is None:
+        return set()
+    starts = [int(s) for s in shots]
+    if not starts or starts[0] != 0 or any(b <= a for a, b in zip(starts, starts[1:])) or starts[-1] >= num_frames:
+        raise ValueError(f"shots must be the shots' first frames, sorted, starting with 0, each below {num_frames}; "
+                         f"got {list(shots)}")
+    return set(starts[1:])
+
+
+@dataclass
+class _Seen:
+    """What the motion pass keeps of a frame it may link to: index, features, the frame (for a check image)."""
+
+    index: int
+    feats: _Features
+    frame: np.ndarray
+    check: np.ndarray | None = None  # made when a photometric check or the dense fallback first needs it
+
+
+class _Linker:
+    """Links a frame to an earlier one: features to the keyframe, then to the previous frame, then dense."""
+
+    def __init__(self, params: MotionParams, native: tuple[int, int], size: tuple[int, int], cv2):
+        self.params, self.size, self.cv2 = params, size, cv2
+        self.gates = motion_gates(params, native)
+        self.check_size = _analysis_size(native[0], native[1], min(params.analysis_size, max(native)))
+        # analysis coordinates <-> check coordinates
+        self.to_check = _pixel_scale(size, self.check_size)
+        self.from_check = np.linalg.inv(self.to_check)
+        self.detector, self.norm = _detector(params, cv2)
+
+    def see(self, t: int, frame: np.ndarray) -> _Seen:
+        cv2 = self.cv2
+        gray = _gray_u8(frame, cv2)
+        if (gray.shape[1], gray.shape[0]) != self.size:
+            upscale = self.size[0] > gray.shape[1]
+            gray = cv2.resize(gray, self.size, interpolation=cv2.INTER_CUBIC if upscale else cv2.INTER_AREA)
+        return _Seen(t, _detect(gray, self.detector), frame)
+
+    def _check(self, seen: _Seen) -> np.ndarray:
+        if seen.check is None:
+            seen.check = _check_image(seen.frame, self.check_size, self.cv2)
+        return seen.check
+
+    def link(self, cur: _Seen, key: _Seen | None, prev: _Seen | None) -> tuple[np.ndarray | None, Link | None]:
+        for ref in (key, prev if prev is not None and (key is None or prev.index != key.index) else None):
+            if ref is None:
+                continue
+            H, link = _match(cur.feats, ref.feats, ref.index, self.size, self.params, self.gates, self.norm, self.cv2)
+            if H is not None and (link.inliers >= self.gates.checked_below or photometric_error(
+                    self._check(cur), self._check(ref), self._in_check(H), self.cv2) is not None):
+                return H, link
+        if prev is not None and self.params.dense_fallback:
+            H = _dense(self._check(cur), self._check(prev), self.cv2)
+            err = None if H is None else photometric_error(self._check(cur), self._check(prev), H, self.cv2)
+            if err is not None:
+                return self.from_check @ H @ self.to_check, Link(to=prev.index, model="translation", matches=0,
+                                                                  inliers=0, rms=round(err, 4), method="dense")
+        return None, None
+
+    def _in_check(self, H: np.ndarray) -> np.ndarray:
+        return self.to_check @ H @ self.from_check
 
 
 def estimate_motion(
@@ -413,57 +661,68 @@ def estimate_motion(
     num_frames: int,
     params: MotionParams = MotionParams(),
     *,
+    shots: Sequence[int] | None = None,
     callback: Callable[[int], None] | None = None,
 ) -> CameraMotion:
     """Camera motion of a clip from its source frames, read once each, in order.
 
-    Frames are downscaled to ``params.analysis_size`` (long side). Frame t is matched
-    to the current keyframe; if that fit is poor (too few inliers, low inlier ratio,
-    high RMS error, or an implausible warp), to frame t - 1; if that fails too, t
-    starts a new segment. t becomes the keyframe when it is ``keyframe_interval``
-    frames past the last one or when it had to link to t - 1. ``callback(t)`` is
-    called after each frame (progress); it only observes.
+    Frames are analysed at ``params.analysis_size`` (long side; small frames upscaled,
+    see ``_analysis_size``). Frame t is matched to the current keyframe; if that fit is
+    poor (too few inliers, low inlier ratio, high RMS error, or an implausible warp; the
+    gates scaled by ``motion_gates``), to frame t - 1; if that fails too, it is linked to
+    t - 1 by a dense translation (``dense_fallback``) that must pass the photometric check;
+    else t starts a new segment. t becomes the keyframe when it is ``keyframe_interval``
+    frames past the last one or when it had to link to t - 1.
+
+    ``shots``: the first frame of each shot (sorted, starting with 0; None: one shot). A
+    shot's first frame always starts a new segment: frames of different shots never
+    link. With ``params.reject_movers``, each frame's independently moving things are
+    marked (``motia.movers``; ``CameraMotion.movers``). ``callback(t)`` is called after
+    each frame (progress); it only observes.
     """
     cv2 = require_cv2()
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-    detector, norm = _detector(params, cv2)
+    cuts = _shot_starts(shots, num_frames)
     transforms = np.zeros((num_frames, 3, 3), dtype=np.float64)
     segments = np.zeros(num_frames, dtype=np.int64)
     links: list[Link | None] = []
-    size = native = None
-    key = prev = None  # (index, _Features)
+    native = size = linker = tracker = None
+    key = prev = None  # _Seen
     segment = -1
     for t in range(num_frames):
-        gray = _gray_u8(read_frame(t), cv2)
-        h, w = gray.shape[:2]
+        frame = np.asarray(read_frame(t))
+        h, w = frame.shape[:2]
         if native is None:
             native, size = (w, h), _analysis_size(w, h, params.analysis_size)
+            linker = _Linker(params, native, size, cv2)
+            if params.reject_movers:
+                tracker = MoverTracker(num_frames, size, native, params.mover_threshold * 255, transforms, segments, cv2)
         elif (w, h) != native:
             raise ValueError(f"read_frame({t}) is {w}x{h} but frame 0 was {native[0]}x{native[1]}: "
                              "frames must share one size")
-        if (w, h) != size:
-            gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
-        feats = _detect(gray, detector)
-        link = H = None
-        if key is not None:
-            H, link = _match(feats, key[1], key[0], size, params, norm, cv2)
-            if H is None and prev is not None and prev[0] != key[0]:
-                H, link = _match(feats, prev[1], prev[0], size, params, norm, cv2)
+        cur = linker.see(t, frame)
+        H = link = None
+        if t not in cuts:
+            H, link = linker.link(cur, key, prev)
         if H is None:
             segment += 1
             transforms[t] = np.eye(3)
-            key = (t, feats)
+            key = cur
         else:
             transforms[t] = transforms[link.to] @ H
-            if t - key[0] >= params.keyframe_interval or link.to != key[0]:
-                key = (t, feats)
+            if t - key.index >= params.keyframe_interval or link.to != key.index:
+                key = cur
         segments[t] = segment
         links.append(link)
-        prev = (t, feats)
+        prev = cur
+        if tracker is not None:
+            tracker.push(t, _u8(frame))
         if callback is not None:
             callback(t)
-    return CameraMotion(size=size, transforms=transforms, segments=segments, links=links, features=params.features)
+    movers = tracker.finish() if tracker is not None else None
+    return CameraMotion(size=size, transforms=transforms, segments=segments, links=links, features=params.features,
+                        movers=movers, movers_size=tracker.size if tracker is not None else None)
 
 
 # ----------------------------------------------------------------------------- propagation
@@ -532,18 +791,25 @@ def _candidate_order(t: int, num_frames: int, radius: int) -> Iterator[int]:
 def _remap_points(frame: np.ndarray, u: np.ndarray, v: np.ndarray, cv2) -> np.ndarray:
     """Bilinear samples of ``frame`` at n points -> (n, C) in the frame's dtype.
 
-    OpenCV quantises positions to 1/32 px, so a position within 1/64 px of a pixel centre
-    returns that pixel exactly (integer motion copies pixels bit for bit).
+    Positions are rounded to 1/32 px (as OpenCV's fixed-point remap did before version 5),
+    so a position within 1/64 px of a pixel centre returns that pixel exactly: integer
+    motion copies pixels bit for bit, also when the motion was found on frames scaled
+    by a non-integer factor.
     """
     n = len(u)
     cols = min(n, _REMAP_COLS)
     rows = -(-n // cols)
     mu = np.zeros(rows * cols, np.float32)
     mv = np.zeros(rows * cols, np.float32)
-    mu[:n], mv[:n] = u, v
+    mu[:n], mv[:n] = np.round(np.asarray(u) * 32) / 32, np.round(np.asarray(v) * 32) / 32
     out = cv2.remap(frame, mu.reshape(rows, cols), mv.reshape(rows, cols),
                     interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     return out.reshape(rows * cols, -1)[:n]
+
+
+def _cell(pos: np.ndarray, frame_len: int, cells: int) -> np.ndarray:
+    """Index of the mask cell (of ``cells`` across a frame ``frame_len`` px long) holding each pixel position."""
+    return np.clip(np.floor((pos + 0.5) * (cells / frame_len)), 0, cells - 1).astype(np.intp)
 
 
 def _median(x: np.ndarray) -> np.ndarray:
@@ -629,10 +895,11 @@ def propagate_frame(
     bounds = np.concatenate([lo, hi], axis=1).astype(np.int64)  # (n, 4): x0, y0, x1, y1
     aligned = (fwd[:, 0, 1] == 0) & (fwd[:, 1, 0] == 0) & (fwd[:, 2, 0] == 0) & (fwd[:, 2, 1] == 0)
 
+    movers = motion.movers_size if motion.movers is not None else None  # (w, h) of the mover masks
     for s, H, (bx0, by0, bx1, by1), axis_aligned in zip(cands.tolist(), fwd, bounds.tolist(), aligned.tolist()):
         if not any(rows.any() for rows in open_rows):
             break
-        frame = None
+        frame = moving = None
         d = s - t
         for k, (r0, r1, c0, c1) in enumerate(rects):
             if bx1 <= c0 or bx0 >= c1 or by1 <= r0 or by0 >= r1:
@@ -670,12 +937,18 @@ def propagate_frame(
             py, px = np.nonzero(ok)
             if not len(py):
                 continue
-            if frame is None:
-                frame = np.ascontiguousarray(read_frame(s))
             if axis_aligned:
                 uu, vv = u[px], v[py]
             else:
                 uu, vv = u[py, px], v[py, px]
+            if movers is not None:  # no candidate from where a mover is in s: the pixel stays open for others
+                moving = motion.mover_mask(s) if moving is None else moving
+                still = ~moving[_cell(vv, src_h, movers[1]), _cell(uu, src_w, movers[0])]
+                py, px, uu, vv = py[still], px[still], uu[still], vv[still]
+                if not len(py):
+                    continue
+            if frame is None:
+                frame = np.ascontiguousarray(read_frame(s))
             py, px = py + y0, px + x0
             slot = count[py, px]
             vals[slot, py, px] = _remap_points(frame, uu, vv, cv2).reshape(len(py), C)
@@ -707,8 +980,49 @@ def propagate_frame(
         mask[py, px] = True
         confidence[py, px] = n_agree[accept] / S
         origin[py, px] = t + offsets[first, py, px]
+    if movers is not None:  # where a mover cut by t's own box edge goes on, other frames saw what is behind it
+        blocked = _beyond_edge_movers(motion.mover_mask(t), canvas)
+        image[blocked] = fill
+        mask[blocked], confidence[blocked], origin[blocked] = False, 0, -1
     image = image.reshape(Hc, Wc, *channels)
     return Propagated(index=t, image=image, mask=mask, confidence=confidence, origin=origin)
+
+
+def _runs(edge: np.ndarray) -> list[tuple[int, int]]:
+    """[start, stop) of each run of True in a 1-D bool array."""
+    d = np.diff(np.concatenate([[0], edge.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(d == 1).tolist(), np.flatnonzero(d == -1).tolist()))
+
+
+def _beyond_edge_movers(moving: np.ndarray, canvas: Canvas) -> np.ndarray:
+    """(H, W) bool: the border beside each stretch of the box's edge that a mover of this frame touches.
+
+    A mover cut by the edge goes on into the border, where the other frames (which saw the
+    scene there without it) would put background. Beside each run of edge cells it
+    touches, the border is left to diffusion as deep as ``_EDGE_DEPTH`` of the run's
+    length (a person cut by a side edge is about a third as wide as tall), at most
+    ``_EDGE_MAX_DEPTH`` of the source's long side.
+    """
+    gh, gw = moving.shape
+    top, left, bottom, right = canvas.box
+    cy, cx = canvas.src_h / gh, canvas.src_w / gw  # px per cell
+    cap = _EDGE_MAX_DEPTH * max(canvas.src_h, canvas.src_w)
+    out = np.zeros((canvas.height, canvas.width), dtype=bool)
+    for side, edge in (("left", moving[:, 0]), ("right", moving[:, -1]), ("top", moving[0, :]),
+                       ("bottom", moving[-1, :])):
+        cell, along = (cy, top) if side in ("left", "right") else (cx, left)
+        for a, b in _runs(edge):
+            lo, hi = along + math.floor(a * cell), along + math.ceil(b * cell)
+            depth = math.ceil(min(_EDGE_DEPTH * (hi - lo), cap))
+            if side == "left":
+                out[lo:hi, max(0, left - depth) : left] = True
+            elif side == "right":
+                out[lo:hi, right : right + depth] = True
+            elif side == "top":
+                out[max(0, top - depth) : top, lo:hi] = True
+            else:
+                out[bottom : bottom + depth, lo:hi] = True
+    return out
 
 
 def reachable(motion: CameraMotion, canvas: Canvas, params: PropagationParams = PropagationParams()) -> np.ndarray:

@@ -31,14 +31,29 @@ from motia.propagate import (  # noqa: E402
     PropagationParams,
     estimate_motion,
     frame_coverage,
+    motion_gates,
     params_from_config,
+    photometric_error,
     propagate,
     propagate_frame,
     require_cv2,
 )
 
 sys.path.insert(0, str(Path(__file__).parent))
-from synthetic_pans import SPRITE_RGB, Clip, oracle_horizontal, pan_clip, photo, psnr, translation, zoom_clip  # noqa: E402
+from synthetic_pans import (  # noqa: E402
+    SPRITE_RGB,
+    Clip,
+    Mover,
+    from_movers,
+    oracle_horizontal,
+    pan_clip,
+    person,
+    photo,
+    psnr,
+    translation,
+    walking,
+    zoom_clip,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,8 +81,9 @@ def test_horizontal_integer_pan_recovers_the_border_exactly():
     motion, results = run(clip)
     assert motion.summary()["segments"] == 1
     assert motion.summary()["models"]["translation"] == 23  # no spurious perspective on a pan
-    for t in (5, 23):
-        np.testing.assert_allclose(motion.relative(0, t), [[1, 0, 3 * t], [0, 1, 0], [0, 0, 1]], atol=2e-3)
+    for t in (5, 23):  # found on the frames upscaled to 256 px (small frames are), used at their size
+        np.testing.assert_allclose(motion.relative(0, t, size=(192, 160)), [[1, 0, 3 * t], [0, 1, 0], [0, 0, 1]],
+                                   atol=2e-3)
     expected = oracle_horizontal(clip, 3)
     for p, want in zip(results, expected):
         truth = clip.truth(p.index)
@@ -148,6 +164,67 @@ def test_moving_sprite_leaves_no_copies_in_the_border():
     assert np.mean([frame_coverage(p.mask, clip.canvas)["all"] for p in results]) > 0.5
 
 
+# ----------------------------------------------------------------------------- movers
+
+
+def walker_pan(reject_movers=True):
+    """A 3 px/frame pan (120x160 source, 48 px added left and right, 32 frames) with a person (72 px, magenta
+    striped shirt) walking 2 px/frame the same way: 1 px/frame leftwards on the canvas, from just inside the
+    box's left edge (canvas x 60 of 48) across it. Each spot of the scene stays under the person ~13 frames,
+    longer than the candidates' vote spans near the edge."""
+    clip = pan_clip(32, (120, 160), (0, 0, 48, 48), (3, 0), (100, 300), name="astronaut", upscale=2.0)
+    clip.movers = [Mover(person(72, seed=1, stride=0.15, shirt_rgb=(220, 40, 200)), walking(160, 330, 2.0))]
+    frames = [clip.read(t) for t in range(clip.num_frames)]
+    motion = estimate_motion(frames.__getitem__, clip.num_frames, MotionParams(reject_movers=reject_movers))
+    return clip, motion, list(propagate(frames.__getitem__, motion, clip.canvas))
+
+
+def test_a_person_crossing_the_box_edge_is_never_copied_into_the_border():
+    clip, motion, results = walker_pan()
+    assert motion.summary()["segments"] == 1 and motion.movers is not None
+    copied = sum(int(from_movers(clip, p).sum()) for p in results)  # from the true path and the true coverage
+    assert copied == 0, f"{copied} propagated pixels came from where the person was"
+    # Nor is background put where the person really is at that frame (beside the cut at the box edge).
+    assert not any((clip.mover_mask(p.index) & p.mask).any() for p in results)
+    got, want = filled_errors(clip, results, with_sprite=True)
+    assert np.array_equal(got, want)  # integer pan: every pixel propagated is the true scene, exactly
+    # The static background still is propagated: away from the person as much as a still scene gives.
+    revealed = oracle_horizontal(clip, 3)
+    c = clip.canvas
+    right, above = np.s_[:, c.left + c.src_w :], np.s_[:25, : c.left]  # the person is rows 30-102, left
+    for region in (right, above):
+        want_px = sum(int(r[region].sum()) for r in revealed)
+        got_px = sum(int(p.mask[region].sum()) for p in results)
+        assert want_px > 1000 and got_px >= 0.95 * want_px, (region, got_px, want_px)
+    assert np.mean([frame_coverage(p.mask, c)["all"] for p in results]) > 0.3
+
+    # Without the mover masks the vote alone copies the person (the failure this guards against).
+    clip, _, results = walker_pan(reject_movers=False)
+    assert sum(int(from_movers(clip, p).sum()) for p in results) > 5000
+
+
+def test_mover_masks_mark_the_walker_and_not_the_scene():
+    clip, motion, _ = walker_pan()
+    c = clip.canvas
+    w, h = motion.movers_size
+    assert (w, h) == (80, 60)  # half the source: the analysis (256 px, upscaled) adds no detail
+    people = []
+    for t in range(clip.num_frames):
+        box = clip.mover_mask(t)[c.top : c.top + c.src_h, c.left : c.left + c.src_w].astype(np.uint8)
+        people.append(cv2.resize(box, (w, h), interpolation=cv2.INTER_AREA) > 0)
+    people = np.stack(people)
+    marked = np.stack([motion.mover_mask(t) for t in range(clip.num_frames)])
+    assert marked[people].all()  # every cell the person touches, in every frame
+    # Where frames 8 or more away on both sides see the frame, only the person and a margin are marked;
+    # nearer the clip's ends also where the person will be (or was) in the frames that remain: the safe side.
+    near = cv2.dilate(np.any(people, axis=0).astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+    middle = slice(8, clip.num_frames - 8)
+    assert not marked[middle][:, ~near].any()
+    assert marked[middle].mean() < 2.5 * people[middle].mean() and marked.mean() < 3.5 * people.mean()
+    still = estimate_motion(pan_clip(24, velocity=(2.5, 0.3)).read, 24)  # a sub-pixel pan: nothing moves
+    assert still.summary()["mover_share"] == 0
+
+
 def test_scene_cut_splits_the_clip_and_nothing_crosses_it():
     a = pan_clip(frames=12, velocity=(3, 0))
     b = pan_clip(frames=12, velocity=(3, 0), name="chelsea", start=(100, 60))
@@ -163,6 +240,29 @@ def test_scene_cut_splits_the_clip_and_nothing_crosses_it():
         assert np.array_equal(p.image[p.mask], truth[p.mask])
 
 
+def test_shots_never_link_across_a_cut():
+    """A jump cut: the second shot continues over the same photo a little further on, so features would link it."""
+    a = pan_clip(frames=12, velocity=(3, 0))
+    b = pan_clip(frames=12, velocity=(3, 0), start=(150 + 3 * 11 + 6, 124))
+    clip = Clip(a.image, a.canvas, 24, a.path)
+    clip.read = lambda t: a.read(t) if t < 12 else b.read(t - 12)
+    unhinted = estimate_motion(clip.read, 24)
+    assert unhinted.links[12] is not None and unhinted.summary()["segments"] == 1  # what happens without the hint
+
+    motion = estimate_motion(clip.read, 24, shots=[0, 12])
+    assert motion.links[12] is None and motion.summary()["segments"] == 2 and motion.relative(11, 12) is None
+    assert [link is not None for link in motion.links] == [False] + [True] * 11 + [False] + [True] * 11
+    for p in propagate(clip.read, motion, clip.canvas):
+        shot = p.origin[p.mask] >= 12
+        assert p.mask.any() and (shot == (p.index >= 12)).all(), f"frame {p.index} took pixels from the other shot"
+        truth = a.truth(p.index) if p.index < 12 else b.truth(p.index - 12)
+        assert np.array_equal(p.image[p.mask], truth[p.mask])
+    assert estimate_motion(clip.read, 24, shots=[0]).links == unhinted.links  # one shot: as without the hint
+    for bad in ([], [3, 12], [0, 12, 12], [0, 30], [0, 14, 12]):
+        with pytest.raises(ValueError, match="shots"):
+            estimate_motion(clip.read, 24, shots=bad)
+
+
 def test_unmatchable_frames_contribute_nothing():
     rng = np.random.default_rng(1)
     frames = [rng.integers(0, 256, (96, 128, 3), dtype=np.uint8) for _ in range(6)]
@@ -172,20 +272,89 @@ def test_unmatchable_frames_contribute_nothing():
     assert not any(p.mask.any() for p in propagate(frames.__getitem__, motion, canvas))
 
 
+def plain_sky_pan(start=(130, 80), **kw):
+    """An 80x96 pan (2, 0.3) px/frame over scikit-image's rocket photo where it is plain evening sky but for a
+    tower's tip and faint wires (97% of the pixels have a gradient under 2 levels/px); sensor noise std 2. SIFT
+    finds no keypoint on a frame, 4 on it upscaled to 256 px."""
+    clip = pan_clip(24, (80, 96), (0, 0, 24, 24), (2, 0.3), start, name="rocket", **kw)
+    clip.noise = 2.0
+    return clip
+
+
+def test_mostly_plain_small_pan_is_linked_densely_and_fills_the_border():
+    clip = plain_sky_pan()
+    frames = [clip.read(t) for t in range(clip.num_frames)]
+    motion = estimate_motion(frames.__getitem__, clip.num_frames)
+    summary = motion.summary()
+    assert summary["linked_frames"] >= 20 and summary["dense_links"] >= 20  # of 23
+    for t, link in enumerate(motion.links):  # the true move, within half the check's resolution (1 px)
+        if link is not None:
+            est = motion.relative(link.to, t, size=(96, 80))
+            np.testing.assert_allclose(est[:2, 2], [2 * (t - link.to), 0.3 * (t - link.to)], atol=0.5)
+    results = list(propagate(frames.__getitem__, motion, clip.canvas))
+    cov = np.mean([frame_coverage(p.mask, clip.canvas)["all"] for p in results])
+    got, want = filled_errors(clip, results)
+    err = np.abs(got.astype(float) - want).mean(axis=1)
+    assert cov > 0.3 and np.percentile(err, 90) <= 3 and err.max() <= 12, (cov, np.percentile(err, [50, 90, 100]))
+    # Features alone link nothing here (this was `propagate: on` filling nothing).
+    alone = estimate_motion(frames.__getitem__, clip.num_frames, MotionParams(dense_fallback=False))
+    assert alone.summary()["linked_frames"] <= 2
+
+
+def test_dense_links_that_are_not_determined_or_wrong_are_refused():
+    # Plain sky with nothing in it: any shift matches; nothing may be linked.
+    sky = plain_sky_pan(start=(100, 20))
+    assert estimate_motion(sky.read, 24).summary()["linked_frames"] == 0
+    # A cut from one plain-sky shot to another (no hint): the fallback must not bridge it.
+    a, b = plain_sky_pan(), plain_sky_pan(start=(380, 40))
+    motion = estimate_motion(lambda t: a.read(t) if t < 12 else b.read(t - 12), 24)
+    assert motion.links[12] is None and motion.segments[11] != motion.segments[12]
+    # The check itself: right, off by a pixel, and a horizon shifted along itself.
+    from motia.propagate import _check_image
+
+    cur, ref = (_check_image(plain_sky_pan(start=(130, 80)).read(t), (96, 80), cv2) for t in (5, 4))
+    true = np.array([[1, 0, 2], [0, 1, 0.3], [0, 0, 1]])
+    assert photometric_error(cur, ref, true) < 1.0
+    for off in ((1.0, 0), (-1.0, 0), (0, 1.5)):
+        assert photometric_error(cur, ref, true @ np.array([[1, 0, off[0]], [0, 1, off[1]], [0, 0, 1.0]])) is None
+    horizon = np.zeros((80, 96), np.float32)
+    horizon[40:] = 120
+    horizon = cv2.GaussianBlur(horizon, (0, 0), 1.0)
+    assert photometric_error(horizon, horizon, np.eye(3)) is None  # right, but undetermined along x
+    rng = np.random.default_rng(0)
+    noise = [cv2.GaussianBlur(rng.uniform(0, 255, (80, 96)).astype(np.float32), (0, 0), 1.0) for _ in range(2)]
+    assert photometric_error(noise[0], noise[1], np.eye(3)) is None
+
+
 def test_poor_fits_are_dropped():
-    """Each fit-quality gate, made stricter than some of this clip's fits, drops those links."""
-    clip = pan_clip(frames=8, velocity=(2.5, 0.3))  # ~85 keypoints, 38-55 inliers, RMS 0.17-0.47 px a frame
+    """Each fit-quality gate (as scaled to the clip's size), made stricter than some of this clip's fits, drops those links."""
+    clip = pan_clip(frames=8, velocity=(2.5, 0.3))  # 160x192, analysed at 256x213: 51-78 inliers, RMS 0.2-0.5 px
     assert estimate_motion(clip.read, 8).summary()["linked_frames"] == 7
+    native = (192, 160)
+    strict_inliers = MotionParams(min_inliers=400)  # scaled to this clip's area: 400 * 192 * 160 / (512 * 288)
+    assert motion_gates(strict_inliers, native).min_inliers == 83
     gates = (
-        (dict(min_inliers=60), lambda link: link.inliers >= 60),
+        (dict(min_inliers=400), lambda link: link.inliers >= 83),
         (dict(min_inlier_ratio=1.0), lambda link: link.inliers == link.matches),
-        (dict(max_error=0.01), lambda link: link.rms <= 0.01),
+        (dict(max_error=0.01), lambda link: link.rms <= 0.01 * 256 / 192),  # px at the analysis size
     )
-    for strict, holds in gates:
-        motion = estimate_motion(clip.read, 8, MotionParams(**strict))
+    for strict, holds in gates:  # features only: a dense link would stand in for a dropped one
+        motion = estimate_motion(clip.read, 8, MotionParams(dense_fallback=False, **strict))
         kept = [link for link in motion.links if link is not None]
         assert len(kept) < 7 and all(holds(link) for link in kept), strict
     assert not kept and not any(p.mask.any() for p in propagate(clip.read, motion, clip.canvas))
+
+
+def test_gates_scale_with_the_analysed_area():
+    """min_inliers is for a 16:9 frame at analysis_size: smaller frames need fewer, never under 8; px gates follow the upscale."""
+    params = MotionParams()  # 30 inliers, 2 px RANSAC, 1 px RMS at 512
+    assert motion_gates(params, (1920, 1080)) == motion_gates(params, (512, 288))
+    assert motion_gates(params, (512, 288)).min_inliers == 30 and motion_gates(params, (512, 512)).min_inliers == 30
+    assert motion_gates(params, (320, 240)).min_inliers == round(30 * 320 * 240 / (512 * 288))  # 16
+    small = motion_gates(params, (96, 80))  # analysed upscaled to 256x213: the detail is still 96x80's
+    assert small.min_inliers == 8 and small.checked_below == 30
+    assert small.ransac_threshold == pytest.approx(2.0 * 256 / 96) and small.max_error == pytest.approx(256 / 96)
+    assert motion_gates(MotionParams(min_inliers=5), (96, 80)).min_inliers == 5  # never above the configured one
 
 
 def test_orb_features_work_too():
@@ -250,6 +419,8 @@ def test_motion_round_trips_through_json():
         assert np.array_equal(again.relative(s, t, size=(333, 250)), motion.relative(s, t, size=(333, 250)))
     summary = motion.to_dict()["summary"]
     assert summary["frames"] == 10 and summary["linked_frames"] == 9
+    assert again.movers_size == motion.movers_size and np.array_equal(again.movers, motion.movers)
+    assert all(np.array_equal(again.mover_mask(t), motion.mover_mask(t)) for t in range(10))
 
 
 def test_same_input_same_output_and_chunks_equal_one_pass():
@@ -337,7 +508,8 @@ def test_long_pan_has_flat_memory_and_linear_time(short_n, long_n):
     assert long["coverage"] > 0.3
     motion = long["motion"]
     assert motion.summary()["segments"] == 1
-    np.testing.assert_allclose(motion.relative(0, long_n - 1), [[1, 0, long_n - 1], [0, 1, 0], [0, 0, 1]], atol=0.02)
+    np.testing.assert_allclose(motion.relative(0, long_n - 1, size=(96, 64)), [[1, 0, long_n - 1], [0, 1, 0], [0, 0, 1]],
+                               atol=0.02)
 
 
 def test_content_seen_far_away_still_counts():

@@ -27,7 +27,7 @@ pytest.importorskip("skimage")
 from motia.config import load_config  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from synthetic_pans import SPRITE_RGB, oracle_horizontal, pan_clip, psnr  # noqa: E402
+from synthetic_pans import SPRITE_RGB, Clip, Mover, oracle_horizontal, pan_clip, person, psnr, walking  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -230,6 +230,61 @@ def test_delivery_size_propagates_at_the_written_scale(tmp_path, pan):
                          for m in oracle_horizontal(pan, VX)])
     inner = revealed & np.roll(revealed, 3, axis=2) & np.roll(revealed, -3, axis=2)  # away from the mask's edges
     assert psnr(got[inner], truth[inner]) > 30
+
+
+def test_shots_keep_propagation_within_each_shot(pan):
+    """A jump cut over the same photo: with the shots given, the clip propagates as its two shots would alone."""
+    from motia.known import describe_propagation, propagate_clip
+
+    after = pan_clip(frames=12, src=SRC, expand=EXPAND, velocity=(VX, 0), start=(START[0] + 3 * 11 + 6, START[1] + 4))
+    frames = torch.cat([as_clip(pan).frames, as_clip(after).frames])  # (24, 3, h, w)
+    cfg = make_cfg()
+    unhinted = propagate_clip(cfg, frames, pan.canvas)
+    assert unhinted.motion.links[12] is not None  # feature matching links across the cut
+    both = propagate_clip(cfg, frames, pan.canvas, shots=[0, 12])
+    assert both.motion.links[12] is None and both.summary()["motion"]["segments"] == 2
+    alone = [propagate_clip(cfg, frames[:12], pan.canvas), propagate_clip(cfg, frames[12:], pan.canvas)]
+    for t in range(24):
+        shot, j = alone[t // 12], t % 12
+        assert torch.equal(both.masks[t], shot.masks[j]), t
+        assert torch.equal(both.image(frames[t : t + 1], [t]), shot.image(frames[t : t + 1], [j])), t
+    info = describe_propagation(cfg, frames, pan.canvas, shots=[0, 12])
+    assert info["motion"].startswith("22 of 24 frames linked, 2 segment(s)")
+    assert describe_propagation(cfg, frames, pan.canvas)["motion"].startswith("23 of 24 frames linked, 1 segment(s)")
+
+
+def test_a_walker_is_not_propagated_at_the_model_or_the_written_scale():
+    """Through propagate_clip and the native-scale repeat (OutputPropagation at 2x): every propagated pixel is the
+    scene behind the walker, never the walker, at both scales (integer pan: exactly)."""
+    from motia.geometry import Canvas
+    from motia.known import OutputPropagation, propagate_clip
+
+    syn = pan_clip(24, (120, 160), (0, 0, 48, 48), (3, 0), (100, 300), name="astronaut", upscale=2.0)
+    syn.movers = [Mover(person(72, seed=1, stride=0.15, shirt_rgb=(220, 40, 200)), walking(160, 330, 2.0))]
+    prop = propagate_clip(make_cfg(), as_clip(syn).frames, syn.canvas)
+    assert prop.filled and prop.summary()["motion"]["mover_share"] > 0.05
+    truth = np.stack([syn.truth(t) for t in range(syn.num_frames)])  # with the walker where it really is
+    model = to_u8(torch.stack([prop.image(as_clip(syn).frames[t : t + 1], [t])[0] for t in range(syn.num_frames)]))
+    masks = prop.masks.numpy()
+    assert masks.mean() > 0.05 and np.array_equal(model[masks], truth[masks])
+
+    def up(img):  # nearest 2x: an integer model-scale move stays an integer native move, edges exact
+        return np.ascontiguousarray(img.repeat(2, axis=0).repeat(2, axis=1))
+
+    c = syn.canvas
+    native = Canvas(src_h=2 * c.src_h, src_w=2 * c.src_w, height=2 * c.height, width=2 * c.width, top=2 * c.top,
+                    left=2 * c.left)
+    out = OutputPropagation(prop, native, lambda t: up(syn.read(t)))
+    filled = 0
+    for t in range(syn.num_frames):
+        got = out.frame(t)
+        if got is None:
+            continue
+        known, image = got
+        new = known[0].numpy() & ~box_mask(native)
+        filled += int(new.sum())
+        assert np.array_equal(to_u8(image[None])[0][new], up(truth[t])[new]), t
+    assert filled > 0.8 * 4 * masks.sum()  # about the model scale's share, four times the pixels
 
 
 def test_reachable_is_a_cheap_bound():
