@@ -359,7 +359,8 @@ def ctrl_c():
 def _waiting_for_the_propagation(thread) -> bool:
     """Whether ``thread`` is blocked in outpaint_from_config's wait for the propagation, not on its way there.
 
-    Its Python stack ends in Condition.wait <- Future.result <- outpaint_from_config, and (where
+    Its Python stack ends in Condition.wait <- Future.result <- outpaint_from_config (its body, run
+    with the run folder locked: ``_outpaint_locked``), and (where
     /proc says) the kernel has it asleep: in that frame, only in the lock's wait, which a signal
     interrupts. A signal sent a moment before the blocking call would be noticed only when the
     wait ends, i.e. after the whole propagation.
@@ -368,7 +369,7 @@ def _waiting_for_the_propagation(thread) -> bool:
     while frame is not None and len(names) < 3:
         names.append(frame.f_code.co_name)
         frame = frame.f_back
-    if names != ["wait", "result", "outpaint_from_config"]:
+    if names[:2] != ["wait", "result"] or names[2:] not in (["outpaint_from_config"], ["_outpaint_locked"]):
         return False
     try:
         stat = Path(f"/proc/self/task/{thread.native_id}/stat").read_text()

@@ -60,23 +60,34 @@ def small(tmp_path_factory):
     return write_clip(tmp_path_factory.mktemp("refine") / "small.mp4", 3, 160, 96)
 
 
-def test_a_720p_portrait_to_16_9_is_refined_at_the_output_scale(tmp_path, components):
-    """Written at 2276x1280; the refine stage's UNet calls run on latents at that scale; the source kept exactly."""
-    from motia.outpaint import outpaint_from_config
+@pytest.mark.slow
+def test_a_720p_portrait_to_16_9_is_refined_at_the_output_scale_in_flat_memory(tmp_path):
+    """Written at 2276x1280; the refine stage's UNet calls run on latents at that scale; the source kept exactly;
+    peak memory (VmHWM of a fresh process each) within 1.2x of the same clip asked for 4:3 (1712x1280).
 
-    clip = write_clip(tmp_path / "phone.mp4", 2, 1280, 720)
-    cfg = make_cfg(clip, "outpaint.aspect=16:9", f"output.dir={tmp_path}", "output.frames=true",
-                   "outpaint.refine.mode=on", "sample.tiles.size=512", "sample.tiles.overlap=128",
-                   "outpaint.refine.steps=2")
-    summary = outpaint_from_config(cfg, progress=False, models=_cache(components, cfg))
-    refine = summary["stages"]["refine"]
+    Slow (minutes): the tiny models are cheap only at their own 64 px scale; at 128 px tiles a
+    2280x1280 canvas is ~300 model calls a step. tests below check the same paths on a small clip.
+    """
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    from bench_refine import make_clip, run_case
+
+    clip = tmp_path / "phone.mp4"
+    make_clip(clip, 2, 1280, 720)
+    extra = ["sample.tiles.size=128", "sample.tiles.overlap=32", "output.frames=true"]
+    wide = run_case(clip, tmp_path / "wide", "16:9", 2, 1, extra)
+    narrow = run_case(clip, tmp_path / "narrow", "4:3", 2, 1, extra)
+    refine = wide["stages"]["refine"]
     assert refine["canvas"] == "2280x1280 (W x H)" and refine["latent"] == "4x2x160x285 (C x F x H x W)"
     assert refine["tiles"] > 1 and refine["unet_calls"] > 0
-    assert summary["output_canvas"]["width"] == 2276 and summary["output_canvas"]["height"] == 1280
-    frames = png_frames(Path(summary["outputs"]["frames"]))
+    assert (wide["output"]["width"], wide["output"]["height"]) == (2276, 1280)
+    frames = png_frames(tmp_path / "wide" / "phone" / "frames")
     assert frames.shape == (2, 1280, 2276, 3)
-    top, left, bottom, right = summary["output_canvas"]["box"]
+    top, left, bottom, right = wide["output"]["box"]
     assert np.array_equal(frames[:, top:bottom, left:right], source_frames(clip, 2))
+    assert narrow["stages"]["refine"]["canvas"] == "1712x1280 (W x H)"
+    assert wide["peak_rss"] <= 1.2 * narrow["peak_rss"], (wide["peak_rss"], narrow["peak_rss"])
 
 
 def _cache(components, cfg):
