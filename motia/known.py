@@ -22,6 +22,7 @@ fade is measured from the source box, not from the per-frame known region: see
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
@@ -359,19 +360,29 @@ class FrameStore:
     its columns. Nothing is left behind, even on a crash (the file has no name).
     """
 
+    RAM_BYTES = 256 << 20  # stores up to this size stay in memory
+
     def __init__(self, num_frames: int, height: int, width: int, channels: int, dtype=np.uint8,
-                 folder: str | None = None, ram_bytes: int = 256 << 20):
+                 folder: str | None = None, ram_bytes: int | None = None):
         self.shape = (int(num_frames), int(height), int(width), int(channels))
         self.dtype = np.dtype(dtype)
         self.nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
         self._array = self._file = None
-        if self.nbytes <= ram_bytes:
+        if self.nbytes <= (self.RAM_BYTES if ram_bytes is None else ram_bytes):
             self._array = np.zeros(self.shape, self.dtype)
         else:
             import tempfile
 
+            import os
+
             self._file = tempfile.TemporaryFile(prefix=".motia-frames.", dir=folder)
-            self._file.truncate(self.nbytes)  # sparse: reads as zeros until written
+            try:  # reserved up front: a full disk fails here, once, not in the middle of the sampling
+                os.posix_fallocate(self._file.fileno(), 0, self.nbytes)
+            except (AttributeError, OSError) as e:
+                if isinstance(e, OSError) and e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    self._file.close()
+                    raise
+                self._file.truncate(self.nbytes)  # no fallocate here: sparse, reads as zeros until written
 
     def _row_bytes(self) -> int:
         return self.shape[2] * self.shape[3] * self.dtype.itemsize

@@ -501,6 +501,7 @@ def outpaint(
     run_boxes=None,
     shots=None,
     decode: bool = True,
+    scratch: str | os.PathLike | None = None,
 ) -> OutpaintResult:
     """Outpaint ``clip`` (a motia.video.Clip) onto the canvas the config plans, with an optional adapted LoRA.
 
@@ -522,6 +523,8 @@ def outpaint(
     ``motia.shard.Shard`` splits them over processes). ``decode=False`` stops after sampling
     (``frames`` None): a sharded run's other processes leave decoding to the main one.
     ``shots`` (the shots' first frames; default ``planning.plan_shots``): no temporal window crosses a cut.
+    ``scratch``: the folder of the temporary files (unnamed, gone when the run ends) that hold what frames
+    know when that is too large for memory (``motia.known.FrameStore``); default the system's temp folder.
     """
     from motia.known import KnownFrames
     from motia.planning import plan_shots
@@ -542,7 +545,7 @@ def outpaint(
     bar, on_move, on_call = _progress(cfg, plan, show, callback)
     with contextlib.ExitStack() as stack:
         stack.enter_context(bar)
-        known = KnownFrames.at_model_scale(coarse.canvas, clip.frames, prop)
+        known = KnownFrames.at_model_scale(coarse.canvas, clip.frames, prop, folder=scratch)
         stack.callback(known.close)
         lora = _attach_lora(cfg, components, coarse.canvas, lora_path, stack) if lora_path is not None else None
         _speed_switches(cfg, components, stack)
@@ -552,7 +555,7 @@ def outpaint(
         t1 = time.perf_counter()
         timings["sample"] = t1 - t0
         if plan.refine is not None:
-            known_r = refine_known(cfg, clip, plan.refine, prop)
+            known_r = refine_known(cfg, clip, plan.refine, prop, folder=scratch)
             stack.callback(known_r.close)
             t2 = time.perf_counter()
             latents = refine_stage(cfg, components, clip, plan, latents, known_r, text, generator, **common)
@@ -794,7 +797,7 @@ def _outpaint_locked(cfg: JobConfig, lora, *, overwrite: bool, progress: bool, m
         cfg = cfg.model_copy(update={"prompt": prompt})  # config.yaml records the prompt actually used
     run_dir = cfg.run_dir()
     replaced = check_outpaint_folder(run_dir, cfg, lora, overwrite)
-    check_output_space(cfg, clip, out_canvas, run_dir, freed=replaced)
+    check_output_space(cfg, clip, out_canvas, run_dir, freed=replaced, scratch=dict.fromkeys([canvas, final_canvas]))
     if meta is not None:
         check_adapter_fits(meta, cfg, clip, lora)
     check_propagation(cfg)
@@ -842,7 +845,7 @@ def _outpaint_locked(cfg: JobConfig, lora, *, overwrite: bool, progress: bool, m
     with OutputWriter(cfg, clip, final_canvas, out_canvas, run_dir, native, propagation=propagation) as writer:
         result = outpaint(cfg, components, clip, lora_path=lora, generator=generator, progress=progress,
                           sink=writer, paste=False, callback=callback, propagation=propagation, shots=shots,
-                          run_boxes=shard)
+                          run_boxes=shard, scratch=run_dir)
     outputs = dict(writer.outputs)
     outputs["config"] = str(dump_config(cfg, run_dir / "config.yaml"))
     outputs["summary"] = str(run_dir / SUMMARY_FILE)

@@ -89,7 +89,17 @@ def output_bytes(cfg: JobConfig, num_frames: int, out_canvas, seconds: float | N
     return sizes
 
 
-def check_output_space(cfg: JobConfig, clip, out_canvas, run_dir: str | Path, freed: Sequence[Path] = ()) -> int:
+def scratch_bytes(num_frames: int, canvases: Sequence) -> int:
+    """Bytes the run keeps in temporary files beside its outputs while it samples: each stage's store of what frames
+    know (``motia.known.KnownFrames``, 4 bytes a pixel a frame) that is too large for memory."""
+    from motia.known import FrameStore
+
+    sizes = (num_frames * c.height * c.width * 4 for c in canvases)
+    return sum(n for n in sizes if n > FrameStore.RAM_BYTES)
+
+
+def check_output_space(cfg: JobConfig, clip, out_canvas, run_dir: str | Path, freed: Sequence[Path] = (),
+                       scratch: Sequence = ()) -> int:
     """Refuse (NoSpaceError: the folder, the space needed and free) a run whose outputs will not fit; their bytes.
 
     ``freed``: earlier outputs the run deletes before writing (``--overwrite`` of another
@@ -98,6 +108,7 @@ def check_output_space(cfg: JobConfig, clip, out_canvas, run_dir: str | Path, fr
     """
     seconds = clip.duration if cfg.output.keep_audio and clip.has_audio else None
     needed = sum(output_bytes(cfg, clip.num_frames, out_canvas, seconds).values())
+    needed += scratch_bytes(clip.num_frames, scratch)  # ``scratch``: the stages' canvases (temporary stores)
     gone = sum(_size(p) for p in freed)
     check_free_space(run_dir, needed, "free some space there or write elsewhere with output.dir=DIR", freed=gone)
     return needed
