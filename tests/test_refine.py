@@ -189,28 +189,21 @@ def tiled_setup(components):
     return cfg, canvas, _stage(components, cfg, canvas, tiles)
 
 
-def test_each_tile_gets_its_crop_of_the_control_frames(tiled_setup, components, monkeypatch):
+def test_each_tile_gets_its_crop_of_the_control_frames(tiled_setup, components):
+    """The ControlNet of the i-th call sees the control frames of the i-th box's tile, cut from the whole canvas's."""
     cfg, canvas, stage = tiled_setup
     known = _known(canvas)
     seen = []
     cn = components.controlnet
     handle = cn.register_forward_pre_hook(lambda m, a, k: seen.append(k["controlnet_cond"].clone()), with_kwargs=True)
-    tiles_called = []
-    real = known.control
-
-    def control(frames, region=None):
-        tiles_called.append(region)
-        return real(frames, region)
-
-    monkeypatch.setattr(known, "control", control)
     try:
         _run_stage(components, cfg, stage, known)
     finally:
         handle.remove()
-    full = real(range(4))  # (4, 3, 48, 64)
-    assert len(seen) == len(tiles_called) == 2 * len(stage.tiles)
-    for region, ctl in zip(tiles_called, seen):
-        top, left, bottom, right = region
+    full = known.control(range(4))  # (4, 3, 48, 64): the whole canvas's control frames
+    assert len(seen) == 2 * len(stage.tiles)  # 2 steps x every tile (none lies inside the source box)
+    for i, ctl in enumerate(seen):
+        top, left, bottom, right = (v * 8 for v in stage.tiles[i % len(stage.tiles)])
         assert torch.equal(ctl, full[:, :, top:bottom, left:right])  # the tile's own pixels, -1 where generated
     known.close()
 
