@@ -169,6 +169,11 @@ class RefineSection(_Section):
     steps: int = Field(25, ge=1)  # the refine's DDIM schedule length (it runs round(strength x steps) of it)
     auto_ratio: float = Field(1.5, ge=1)  # auto refines when output short side / coarse_size exceeds this
 
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _on_off_are_words(cls, v):
+        return {False: "off", True: "on"}.get(v, v) if isinstance(v, bool) else v  # YAML 1.1 reads on/off as booleans
+
     @field_validator("scale")
     @classmethod
     def _scale(cls, v):
