@@ -1,8 +1,9 @@
 """The local web app (`motia app`): pick a clip and a canvas, preview, adapt, outpaint and compare in a browser.
 
-It runs the CLI's library calls: ``job.preview`` and ``planning.work_estimate`` for the
-instant preview; ``batch``'s adapter cache and ``adapt.adapt_from_config`` for the
-adapter (a cache hit skips training, and ``motia batch`` shares the entries);
+It runs the CLI's library calls: ``job.preview`` and ``planning.plan_stages`` (each
+sampling stage's canvas, tiles and UNet calls) for the instant preview; ``batch``'s
+adapter cache and ``adapt.adapt_from_config`` for the adapter (a cache hit skips
+training, and ``motia batch`` shares the entries);
 ``outpaint.outpaint_from_config`` for the result; all on one ``job.ModelCache``, so the
 models load once per process. Outputs land in the config's run folder
 (``<output.dir>/<clip stem>/``), where the CLI looks too.
@@ -23,6 +24,7 @@ import contextlib
 import copy
 import logging
 import os
+import re
 import shutil
 import threading
 import time
@@ -38,6 +40,8 @@ log = logging.getLogger(__name__)
 CANVAS_MODES = ("sides", "aspect", "target size")
 ASPECTS = ("16:9", "9:16", "1:1", "4:3")
 WINDOW_ATTENTION = {"auto": "auto", "on": True, "off": False}  # page choice -> sample.window_attention.enabled
+CANVAS_KEYS = ("left", "right", "top", "bottom", "target_size", "aspect")  # outpaint keys the page's canvas sets
+REFINE = ("auto", "on", "off")  # page choice = outpaint.refine.mode (the rest of outpaint.refine: the config's)
 INSTALL_HINT = 'pip install "motia[app]"'
 AUTH_ENV = "MOTIA_APP_AUTH"  # USER:PASSWORD, so the password stays out of the shell history
 
@@ -67,6 +71,7 @@ class Choices:
     k: float = 2.0  # sample.insertion.k
     regret: int = 4  # sample.regret.repeats
     window_attention: str = "auto"  # one of WINDOW_ATTENTION
+    refine: str = "auto"  # outpaint.refine.mode, one of REFINE
 
     @classmethod
     def names(cls) -> list[str]:
@@ -138,7 +143,8 @@ class App:
         c, o, s = self.base, self.base.outpaint, self.base.sample
         ch = Choices(prompt="" if c.prompt == "auto" else c.prompt, auto_caption=c.prompt == "auto", seed=c.seed,
                      steps=s.steps, guidance=s.guidance_scale, k=s.insertion.k, regret=s.regret.repeats,
-                     window_attention={True: "on", False: "off"}.get(s.window_attention.enabled, "auto"))  # fmt: skip
+                     window_attention={True: "on", False: "off"}.get(s.window_attention.enabled, "auto"),
+                     refine=o.refine.mode)  # fmt: skip
         if o.target_size:
             ch.canvas, (ch.height, ch.width) = "target size", o.target_size
         elif o.aspect is not None:
@@ -185,8 +191,7 @@ class App:
             raise InputError("no clip: upload a video, or press 'Use the sample clip'")
         data = copy.deepcopy(self.data)
         data.setdefault("video", {})["path"] = str(ch.video)
-        multiple = (data.get("outpaint") or {}).get("multiple")
-        data["outpaint"] = {**_canvas(ch), **({"multiple": multiple} if multiple is not None else {})}
+        data["outpaint"] = _outpaint(data.get("outpaint") or {}, ch)
         data["prompt"] = "auto" if ch.auto_caption else (ch.prompt or "")
         data["seed"] = _int(ch.seed, "seed")
         s = data.setdefault("sample", {})
@@ -200,7 +205,11 @@ class App:
         return validate(data, self.source)
 
     def clip(self, cfg: JobConfig):
-        """The config's frames (``planning.load_clip``), kept while file and ``video`` section stay the same."""
+        """The config's frames (``planning.load_clip``), kept while file, ``video`` section and read size stay the same.
+
+        With refine not off the size it is read at follows the canvas, ``outpaint.refine`` and
+        ``output`` (``planning.model_size``): then those sections are part of the key too.
+        """
         from motia.planning import load_clip, video_path
 
         path = video_path(cfg)
@@ -208,7 +217,9 @@ class App:
             st = path.stat()
         except OSError:
             st = None
-        key = (str(path), st and st.st_size, st and st.st_mtime_ns, cfg.video.model_dump_json())
+        refine = cfg.outpaint.refine.mode != "off"
+        scale = (cfg.outpaint.model_dump_json(), cfg.output.model_dump_json()) if refine else ()
+        key = (str(path), st and st.st_size, st and st.st_mtime_ns, cfg.video.model_dump_json(), scale)
         with self._clip_lock:
             if key != self._clip_key:
                 self._clip, self._clip_key = load_clip(cfg), key
@@ -236,15 +247,14 @@ class App:
     # --- the three actions
 
     def preview(self, ch: Choices) -> tuple[Path, str]:
-        """``motia preview`` (the PNG in the run folder) and the work estimate as Markdown."""
+        """``motia preview`` (the PNG in the run folder) and the work estimate of each stage as Markdown."""
         from motia import job, planning
 
         cfg = self.config(ch)
         clip = self.clip(cfg)
-        canvas = planning.plan(cfg, clip.height, clip.width)
-        work = planning.work_estimate(cfg, clip.num_frames, canvas, planning.plan_shots(cfg, clip))
+        stages = planning.plan_stages(cfg, clip)  # `motia info`'s stages: coarse, and refine when it runs
         png = job.preview(self.keep_clip(cfg))
-        return png, estimate_text(cfg, clip, canvas, work)
+        return png, estimate_text(cfg, clip, stages)
 
     def _resolved(self, ch: Choices):
         """The config with ``prompt: auto`` captioned, the clip, and the clip's adapter-cache key."""
@@ -292,7 +302,8 @@ class App:
                 # The app replaces its own earlier result for this clip (the README says so), whatever the canvas.
                 summary = outpaint_from_config(cfg, lora=str(adapter), overwrite=True, progress=False,
                                                models=self.models, callback=track)  # fmt: skip
-        return {**summary, "adapter": str(adapter), "key": key, "steps": track.step, "total": track.total}
+        return {**summary, "adapter": str(adapter), "key": key, "steps": track.step, "total": track.total,
+                "refine_mode": cfg.outpaint.refine.mode}  # fmt: skip
 
     @contextlib.contextmanager
     def _models_on_failure(self):
@@ -323,6 +334,17 @@ def _int(value, key: str) -> int:
     return int(value)
 
 
+def _outpaint(section: dict, ch: Choices) -> dict:
+    """The config's ``outpaint`` section with the page's canvas (replacing the config's, whatever its mode) and
+    refine mode (the config's other ``outpaint.refine`` keys kept, as the override ``outpaint.refine.mode=`` does)."""
+    if ch.refine not in REFINE:
+        raise ConfigError(f"refine {ch.refine!r}: use one of {', '.join(REFINE)}")
+    kept = {k: v for k, v in section.items() if k not in CANVAS_KEYS}
+    refine = kept.get("refine")
+    kept["refine"] = {**(refine if isinstance(refine, dict) else {}), "mode": ch.refine}
+    return {**kept, **_canvas(ch)}
+
+
 def _canvas(ch: Choices) -> dict:
     """The ``outpaint`` keys of the page's canvas mode (the modes are exclusive, as in a config)."""
     if ch.canvas == "sides":
@@ -336,17 +358,54 @@ def _canvas(ch: Choices) -> dict:
     raise ConfigError(f"canvas mode {ch.canvas!r}: use one of {', '.join(CANVAS_MODES)}")
 
 
-def estimate_text(cfg: JobConfig, clip, canvas, work: dict) -> str:
-    """The work estimate as two lines of Markdown (``motia info``'s numbers)."""
+def estimate_text(cfg: JobConfig, clip, stages) -> str:
+    """The work estimate as Markdown (``motia info``'s numbers): the canvas, the adaptation, each sampling stage.
+
+    ``stages``: ``planning.plan_stages`` of ``clip``, the frames at the models' (the coarse) scale.
+    """
+    coarse = stages.coarse
+    canvas, work = coarse.canvas, coarse.work
     e = canvas.expansion
     added = ", ".join(f"{side} {px}" for side, px in e.items() if px) or "nothing"
     guided = f" ({work['guided_calls']} guided)" if work["guided_calls"] else ""
+    name = "Coarse canvas" if stages.refine is not None else "Canvas"
     return (
-        f"**Canvas** {canvas.height} × {canvas.width} px (source {clip.height} × {clip.width}; adds {added}) · "
+        f"**{name}** {canvas.height} × {canvas.width} px (source {clip.height} × {clip.width}; adds {added}) · "
         f"**frames** {work['frames']} · **windows** {work['windows']}  \n"
         f"**Adapt** {cfg.adapt.steps} steps on {min(cfg.adapt.frames, work['frames'])}-frame windows · "
-        f"**Outpaint** {work['steps']} steps, {work['unet_calls']} UNet calls{guided}"
+        f"**Outpaint** {work['steps']} steps{_in_tiles(coarse)}, {work['unet_calls']} UNet calls{guided}  \n"
+        + _refine_estimate(cfg, stages)
     )
+
+
+def _in_tiles(stage) -> str:
+    """`` in 12 tiles of 512 × 512 px`` for a tiled stage; nothing for one run on its whole canvas."""
+    if not stage.tiled:
+        return ""
+    h, w = stage.box
+    return f" in {len(stage.tiles)} tiles of {h} × {w} px"
+
+
+def _refine_estimate(cfg: JobConfig, stages) -> str:
+    """The refine stage's line: its canvas, scale, tiles, steps and UNet calls, or why it does not run."""
+    from motia.planning import refine_schedule
+
+    r, st = cfg.outpaint.refine, stages.refine
+    if st is None:
+        if r.mode == "off":
+            return "**Refine** off: one pass at the canvas's scale, upsampled to the output"
+        if r.mode == "auto":
+            return (f"**Refine** auto: not needed, the output's short side is at most {r.auto_ratio:g}× "
+                    f"the coarse canvas's {r.coarse_size} px")  # fmt: skip
+        return "**Refine** on, at strength 0: the coarse result upsampled, no refine step"
+    c, work = st.canvas, st.work
+    first, length = refine_schedule(cfg)
+    tiles = _in_tiles(st) or " on the whole canvas"
+    total = sum(s.work["unet_calls"] for s in stages.stages)
+    return (f"**Refine** at the output's resolution: {c.height} × {c.width} px "
+            f"({c.src_h / stages.coarse.canvas.src_h:.2f}× the coarse canvas){tiles}, {length - first} of {length} "
+            f"steps (strength {r.strength:g}), {work['unet_calls']} UNet calls · "
+            f"**total** {total} UNet calls")  # fmt: skip
 
 
 def adapt_text(result: dict) -> str:
@@ -359,11 +418,27 @@ def adapt_text(result: dict) -> str:
 
 
 def outpaint_text(summary: dict) -> str:
-    c = summary["canvas"]
+    """The result as Markdown: the written size, each stage that ran (canvas, tiles, UNet calls, time), the files."""
+    c = summary.get("output_canvas") or summary["canvas"]
     run_dir = Path(summary["outputs"]["config"]).parent
+    stages = summary.get("stages") or {}
+    done = [f"{name} pass on {_h_by_w(st['canvas'])}" + (f" in {st['tiles']} tiles" if st.get("tiles", 1) > 1 else "")
+            + f", {st['unet_calls']} UNet calls in {format_seconds(st.get('seconds', 0))}"
+            for name, st in stages.items()]  # fmt: skip
+    if stages and "refine" not in stages:
+        mode = summary.get("refine_mode")
+        done.append("no refine pass" + {"off": ": refine off", "auto": ": refine auto, not needed at this size"}
+                    .get(mode, ""))  # fmt: skip
     return (f"**Outpainted** {summary['frames']} frames at {c['height']} × {c['width']}: "
-            f"{summary['steps']}/{summary['total']} denoising steps in {format_seconds(summary['time_s'])}; "
-            f"files in `{run_dir}`. Prompt: {summary['prompt']!r}.")  # fmt: skip
+            f"{summary['steps']}/{summary['total']} denoising steps in {format_seconds(summary['time_s'])}"
+            + (f" ({'; '.join(done)})" if done else "")
+            + f"; files in `{run_dir}`. Prompt: {summary['prompt']!r}.")  # fmt: skip
+
+
+def _h_by_w(size: str) -> str:
+    """summary.json's ``144x64 (W x H)`` as the page writes sizes: ``64 × 144``."""
+    m = re.match(r"(\d+)x(\d+)", size)
+    return f"{m[2]} × {m[1]}" if m else size
 
 
 # ----------------------------------------------------------------------------- the page
@@ -449,6 +524,11 @@ def build_ui(app: App):
                 with gr.Row(visible=d.canvas == "target size") as size:
                     height = gr.Number(d.height, label="height (px)", precision=0, minimum=0)
                     width = gr.Number(d.width, label="width (px)", precision=0, minimum=0)
+                r = app.base.outpaint.refine
+                refine = gr.Radio(list(REFINE), value=d.refine, label="Refine at the output's resolution",
+                                  elem_id="refine", info=f"a second pass over the output-sized canvas in tiles, for "
+                                  f"detail instead of upsampled pixels; auto: when the output's short side is over "
+                                  f"{r.auto_ratio:g}× {r.coarse_size} px (outpaint.refine.mode)")  # fmt: skip
                 with gr.Accordion("Sampling options", open=False):
                     prompt = gr.Textbox(d.prompt, label="Prompt")
                     auto_caption = gr.Checkbox(d.auto_caption, label="Auto caption (BLIP) instead of the prompt")
@@ -479,13 +559,13 @@ def build_ui(app: App):
 
         settings = dict(video=video, canvas=canvas, **side, aspect=aspect, height=height, width=width, prompt=prompt,
                         auto_caption=auto_caption, seed=seed, steps=steps, guidance=guidance, k=k, regret=regret,
-                        window_attention=window_attention)  # fmt: skip
+                        window_attention=window_attention, refine=refine)  # fmt: skip
         assert list(settings) == Choices.names()
         use_sample.click(lambda: str(sample_clip_path()), outputs=video, api_name="sample")
         canvas.change(show_mode, canvas, [sides, aspect, size], api_visibility="private", queue=False)
         triggers = [video.change, canvas.change, aspect.change, height.submit, width.submit, height.blur, width.blur,
                     *(s.release for s in side.values()), steps.release, guidance.release, k.release, regret.release,
-                    window_attention.change]  # fmt: skip
+                    window_attention.change, refine.change]  # fmt: skip
         gr.on(triggers, preview, inputs_kwargs=settings, outputs=[preview_img, estimate], api_name="preview",
               trigger_mode="always_last", concurrency_id="preview", concurrency_limit=2)  # fmt: skip
         # One job at a time: both buttons share one queue slot (they share the loaded models).

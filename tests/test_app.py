@@ -66,7 +66,8 @@ def test_upload_preview_adapt_outpaint(app_server, tmp_path):
     assert read_video(mp4).frames.shape == (8, 3, 64, 144)
     assert probe_video(side_by_side).num_frames == 8
     assert [Path(f).name for f in files] == ["outpaint.mp4", "adapter.safetensors", "config.yaml"]
-    assert "2/2 denoising steps" in status
+    assert "2/2 denoising steps" in status and "(coarse pass on 64 × 144, 2 UNet calls in " in status
+    assert "no refine pass: refine off)" in status  # tiny.yaml's outpaint.refine.mode
     # The run folder the CLI uses holds the same outputs, and its config reproduces the run.
     run = folder / "outputs" / "sample"
     summary = json.loads((run / "summary.json").read_text())
@@ -75,6 +76,35 @@ def test_upload_preview_adapt_outpaint(app_server, tmp_path):
     assert cfg.sample.steps == 2 and cfg.outpaint.left == 0.25
     assert Path(cfg.video.path) == run / "sample.mp4"  # the upload, kept beside the outputs: the config reruns
     assert (run / "sample.mp4").read_bytes() == sample_clip_path().read_bytes()
+
+    # Refine on: at this clip's own scale the coarse frames (and so the adapter) are the same; a second stage runs.
+    _, _, _, status = c.predict(video=clip, refine="on", api_name="/outpaint")
+    summary = json.loads((run / "summary.json").read_text())
+    assert list(summary["stages"]) == ["coarse", "refine"] and summary["stages"]["refine"]["unet_calls"] == 3
+    assert "; refine pass on 64 × 144, 3 UNet calls in " in status and "5/5 denoising steps" in status
+    r = load_config(run / "config.yaml").outpaint.refine
+    assert (r.mode, r.coarse_size, r.steps) == ("on", 64, 8)  # the page sets the mode, the config the rest
+
+
+def test_refine_choice_reaches_the_estimate(app_server, tmp_path):
+    """Preview with refine off, auto and on: the estimate shows the coarse canvas and the refine stage when it runs."""
+    url, _ = app_server
+    c = client(url, tmp_path)
+    clip = upload(sample_clip_path())
+    big = dict(video=clip, left=0.5, right=0.5, top=1.0)  # 128 x 192 from the 64 x 96 clip: over 1.5 x 64 px
+
+    _, off = c.predict(**big, refine="off", api_name="/preview")
+    assert off.startswith("**Canvas** 128 × 192 px (source 64 × 96;")
+    assert off.endswith("**Refine** off: one pass at the canvas's scale, upsampled to the output")
+    _, auto = c.predict(**big, refine="auto", api_name="/preview")
+    assert auto.startswith("**Coarse canvas** 64 × 96 px (source 32 × 48;")  # read at coarse_size, not video.size
+    assert auto.endswith("**Refine** at the output's resolution: 128 × 192 px (2.00× the coarse canvas) on the whole "
+                         "canvas, 3 of 8 steps (strength 0.4), 3 UNet calls · **total** 5 UNet calls")  # fmt: skip
+    _, small = c.predict(video=clip, refine="auto", api_name="/preview")  # tiny.yaml's 64 x 144: not needed
+    assert small.endswith("**Refine** auto: not needed, the output's short side is at most 1.5× the coarse canvas's "
+                          "64 px")  # fmt: skip
+    _, on = c.predict(video=clip, refine="on", api_name="/preview")
+    assert "**Refine** at the output's resolution: 64 × 144 px (1.00× the coarse canvas)" in on
 
 
 def test_bad_input_shows_the_cli_message_and_the_app_keeps_serving(app_server, tmp_path, capsys):
@@ -139,14 +169,57 @@ def test_canvas_choices_make_the_configs_canvas(app, choice, size):
 
 def test_page_options_reach_the_config_and_the_rest_comes_from_it(app):
     ch = Choices(video=str(sample_clip_path()), canvas="sides", left=0.5, prompt="a red car", seed=7, steps=3,
-                 guidance=5.0, k=0.5, regret=0, window_attention="on")  # fmt: skip
+                 guidance=5.0, k=0.5, regret=0, window_attention="on", refine="on")  # fmt: skip
     cfg = app.config(ch)
     assert (cfg.prompt, cfg.seed, cfg.sample.steps, cfg.sample.guidance_scale) == ("a red car", 7, 3, 5.0)
     assert (cfg.sample.insertion.k, cfg.sample.regret.repeats, cfg.sample.window_attention.enabled) == (0.5, 0, True)
+    r = cfg.outpaint.refine
+    assert (r.mode, r.coarse_size, r.steps) == ("on", 64, 8)  # the page's mode; tiny.yaml's size and steps kept
+    assert app.config(Choices(**{**vars(ch), "refine": "off"})).outpaint.refine.mode == "off"
     assert cfg.video.max_frames == 4 and cfg.adapt.steps == 60 and cfg.sample.guidance_steps == 5  # config + override
     assert app.config(Choices(**{**vars(ch), "auto_caption": True})).prompt == "auto"
     d = app.defaults()
-    assert (d.canvas, d.left, d.right, d.steps, d.prompt) == ("sides", 0.25, 0.25, 8, "a sunny beach")
+    assert (d.canvas, d.left, d.right, d.steps, d.prompt, d.refine) == ("sides", 0.25, 0.25, 8, "a sunny beach", "off")
+    assert App(TINY, ["outpaint.refine.mode=auto"]).defaults().refine == "auto"
+
+
+def test_the_pages_canvas_replaces_the_configs_and_the_other_outpaint_keys_stay(tmp_path):
+    app = App(TINY, ["outpaint.propagate=off", "outpaint.multiple=16", "outpaint.refine.strength=0.6"])
+    cfg = app.config(Choices(video=str(sample_clip_path()), canvas="aspect", aspect="1:1", refine="auto"))
+    o = cfg.outpaint
+    assert (o.aspect, o.left, o.right, o.propagate, o.multiple) == ("1:1", 0.0, 0.0, "off", 16)
+    assert (o.refine.mode, o.refine.strength, o.refine.coarse_size) == ("auto", 0.6, 64)
+
+
+def test_the_clip_is_read_again_when_refine_changes_its_scale(app):
+    """Refine reads the clip at the coarse scale (planning.model_size): the cached frames follow the choice."""
+    big = dict(video=str(sample_clip_path()), left=0.5, right=0.5, top=1.0)
+    sizes = [app.clip(app.config(Choices(**big, refine=mode))).frames.shape[-2:] for mode in ("off", "auto", "off")]
+    assert [tuple(s) for s in sizes] == [(64, 96), (32, 48), (64, 96)]
+
+
+@pytest.mark.parametrize(
+    "overrides, refine, lines",
+    [
+        # 8 steps + 4 noise-regret re-runs, one window; refine: 3 of 8 steps x (12 tiles - 1 inside the source)
+        ([], "off", ["**Canvas** 128 × 192 px", "**Outpaint** 8 steps, 12 UNet calls (9 guided)", "**Refine** off"]),
+        (["sample.tiles.size=64", "sample.tiles.overlap=16"], "on",
+         ["**Coarse canvas** 64 × 96 px", "**Outpaint** 8 steps in 2 tiles of 64 × 64 px, 24 UNet calls (18 guided)",
+          "**Refine** at the output's resolution: 128 × 192 px (2.00× the coarse canvas) in 12 tiles of 64 × 64 px, "
+          "3 of 8 steps (strength 0.4), 33 UNet calls · **total** 57 UNet calls"]),
+    ],
+)
+def test_the_estimate_shows_each_stage_and_its_tiles(overrides, refine, lines):
+    from motia.app import estimate_text
+    from motia.planning import plan_stages
+
+    app = App(TINY, ["video.max_frames=4", "sample.tiles.enabled=true", *overrides])
+    cfg = app.config(Choices(**{**vars(app.defaults()), "video": str(sample_clip_path()), "left": 0.5, "right": 0.5,
+                                "top": 1.0, "refine": refine}))  # fmt: skip
+    stages = plan_stages(cfg, app.clip(cfg))
+    text = estimate_text(cfg, app.clip(cfg), stages).split("  \n")
+    assert len(text) == 3 and all(want in line for line, want in zip(text, lines)), text
+    assert sum(st.work["unet_calls"] for st in stages.stages) == (57 if refine == "on" else 12)  # `motia info`'s
 
 
 @pytest.mark.parametrize(
@@ -157,6 +230,7 @@ def test_page_options_reach_the_config_and_the_rest_comes_from_it(app):
         (dict(canvas="target size", height=32, width=200), "outpaint.target_size"),  # smaller than the clip
         (dict(canvas="aspect", aspect="wide"), "outpaint.aspect"),
         (dict(steps=2.5), "sample.steps"),
+        (dict(refine="sometimes"), "refine 'sometimes': use one of auto, on, off"),
     ],
 )
 def test_bad_choices_are_one_line_errors(app, choice, needle):

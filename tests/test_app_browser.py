@@ -61,6 +61,18 @@ def test_page_loads_sample_clip_and_preview_appear(app_server, browser, tmp_path
     wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, "#estimate"), "64 × 144"))
     assert browser.find_elements(By.CSS_SELECTOR, "#clip video")  # the chosen clip plays in the page
 
+    # The refine switch: tiny.yaml's mode (off) chosen; "on" puts the refine stage into the estimate, "off" takes it out.
+    def refine(mode):
+        return browser.find_element(By.CSS_SELECTOR, f"#refine input[type=radio][value={mode}]")
+
+    assert "Refine at the output's resolution" in browser.find_element(By.CSS_SELECTOR, "#refine").text
+    assert refine("off").is_selected() and not refine("on").is_selected()
+    wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, "#estimate"), "Refine off"))
+    refine("on").click()
+    wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, "#estimate"), "Refine at the output's resolution"))
+    refine("off").click()
+    wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, "#estimate"), "Refine off"))
+
     # The rest of the flow, for the picture: Adapt (trained, or a cache hit), then Outpaint.
     browser.find_element(By.CSS_SELECTOR, "#adapt").click()
     wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, "#status"), "Adapter"))

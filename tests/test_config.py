@@ -147,3 +147,12 @@ def test_aspect_reads_as_text_and_picks_the_canvas_mode(tmp_path):
     from motia.config import yaml_load
 
     assert yaml_load("a: 12:30\nb: 1e-4\nc: 010\nd: .5") == {"a": "12:30", "b": 1e-4, "c": 8, "d": 0.5}
+
+
+def test_refine_mode_on_off_are_words_in_overrides_and_files(tmp_path):
+    """YAML 1.1 reads on/off as booleans: `outpaint.refine.mode=on` and an unquoted `mode: off` still name the mode."""
+    assert load_config(None, ["outpaint.refine.mode=on"]).outpaint.refine.mode == "on"
+    path = tmp_path / "c.yaml"
+    path.write_text("outpaint: {left: 0.5, refine: {mode: off, coarse_size: 64}}\n")
+    r = load_config(path).outpaint.refine
+    assert (r.mode, r.coarse_size) == ("off", 64)
