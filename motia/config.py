@@ -472,8 +472,18 @@ def choose_canvas(outpaint: dict, chosen: dict) -> dict:
     return {k: v for k, v in outpaint.items() if _CANVAS_MODES.get(k) in (None, *modes)}
 
 
+def _shorthand(data: dict) -> dict:
+    """``outpaint: {refine: on}`` as ``outpaint: {refine: {mode: on}}``: the mode alone, so a later layer that says
+    ``refine: on`` keeps the other refine keys of the layers below it."""
+    outpaint = data.get("outpaint")
+    if isinstance(outpaint, dict) and isinstance(outpaint.get("refine"), (str, bool)):
+        data = {**data, "outpaint": {**outpaint, "refine": {"mode": outpaint["refine"]}}}
+    return data
+
+
 def merge_layers(base: dict, over: dict) -> dict:
     """``deep_merge`` of two config layers, with the canvas mode rule of ``choose_canvas``."""
+    base, over = _shorthand(base), _shorthand(over)
     if isinstance(base.get("outpaint"), dict) and isinstance(over.get("outpaint"), dict):
         base = {**base, "outpaint": choose_canvas(base["outpaint"], over["outpaint"])}
     return deep_merge(base, over)
@@ -543,6 +553,8 @@ def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
     data = deep_merge(data, {})
     for item in overrides:
         parts, value = parse_override(item)
+        if parts == ["outpaint", "refine"] and isinstance(value, (str, bool)):
+            parts = ["outpaint", "refine", "mode"]  # `outpaint.refine=on` sets the mode, keeps the rest
         if len(parts) == 2 and parts[0] == "outpaint" and isinstance(data.get("outpaint"), dict):
             data["outpaint"] = choose_canvas(data["outpaint"], {parts[1]: value})
         node = data

@@ -220,13 +220,26 @@ def shots_argument(shots: Sequence[int]) -> dict:
 
 
 def plan(cfg: JobConfig, src_h: int, src_w: int):
-    """The canvas for a source of this size under the config's ``outpaint`` section."""
+    """The canvas for a source of this size under the config's ``outpaint`` section.
+
+    ``outpaint.target_size`` is in pixels of the source at ``video.size`` (the models' scale
+    without refine); a source read at another scale (with refine, at ``refine.coarse_size``) gets
+    the target scaled with it, so the canvas has the same shape around it.
+    """
     from .geometry import plan_canvas
 
-    o = cfg.outpaint
+    o, v = cfg.outpaint, cfg.video
+    target = tuple(o.target_size) if o.target_size else None
+    if target is not None and v.resize != "none" and v.size:
+        side = min(src_h, src_w) if v.resize == "short_side" else max(src_h, src_w)
+        if side != v.size:  # read at another scale than video.size
+            factor = side / v.size
+            target = (max(src_h, round(target[0] * factor)), max(src_w, round(target[1] * factor)))
+            if target == (src_h, src_w):
+                target = None if not any((o.left, o.right, o.top, o.bottom)) else target
     return plan_canvas(
         src_h, src_w, left=o.left, right=o.right, top=o.top, bottom=o.bottom,
-        target_size=tuple(o.target_size) if o.target_size else None, aspect=o.aspect, multiple=o.multiple,
+        target_size=target, aspect=o.aspect, multiple=o.multiple,
     )
 
 
@@ -280,13 +293,19 @@ def _plan_like(cfg: JobConfig, canvas, src_h: int, src_w: int, multiple: int):
     (a ``target_size``, given in model pixels, scaled by the source sizes)."""
     from .geometry import plan_canvas
 
-    op = cfg.outpaint
+    op, v = cfg.outpaint, cfg.video
     target = None
     if op.target_size:
         th, tw = op.target_size
+        fy, fx = src_h / canvas.src_h, src_w / canvas.src_w  # the target's pixels are the model canvas's ...
+        model = 1.0  # ... and the model's target is the one given
+        side = min(canvas.src_h, canvas.src_w) if v.resize == "short_side" else max(canvas.src_h, canvas.src_w)
+        if v.resize != "none" and v.size and side != v.size:  # ... unless that was read at another scale (refine)
+            fy = fx = (min(src_h, src_w) if v.resize == "short_side" else max(src_h, src_w)) / v.size
+            model = side / v.size
         # At least one pixel more wherever the model's canvas grew, so the mode stays valid.
-        target = (max(round(th * src_h / canvas.src_h), src_h + (th > canvas.src_h)),
-                  max(round(tw * src_w / canvas.src_w), src_w + (tw > canvas.src_w)))
+        target = (max(round(th * fy), src_h + (round(th * model) > canvas.src_h)),
+                  max(round(tw * fx), src_w + (round(tw * model) > canvas.src_w)))
     return plan_canvas(src_h, src_w, left=op.left, right=op.right, top=op.top, bottom=op.bottom,
                        target_size=target, aspect=op.aspect, multiple=multiple)
 

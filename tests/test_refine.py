@@ -260,3 +260,31 @@ def test_window_attention_partitions_each_tiles_own_latent(tiled_setup, componen
     assert grids and {latent for latent, _ in grids} <= tile_hw
     assert all(hw[0] <= latent[0] and hw[1] <= latent[1] for latent, hw in grids)
     known.close()
+
+
+def test_refine_on_as_an_override_or_a_layer_keeps_the_other_refine_keys(tmp_path):
+    cfg = load_config(CONFIGS / "tiny.yaml", ["outpaint.refine=on"])
+    assert (cfg.outpaint.refine.mode, cfg.outpaint.refine.coarse_size, cfg.outpaint.refine.steps) == ("on", 64, 8)
+    layer = tmp_path / "mine.yaml"
+    layer.write_text(f"extends: {CONFIGS / 'tiny.yaml'}\noutpaint: {{refine: on}}\n")
+    cfg = load_config(layer, ["outpaint.refine.strength=0.3"])
+    assert (cfg.outpaint.refine.mode, cfg.outpaint.refine.coarse_size, cfg.outpaint.refine.strength) == ("on", 64, 0.3)
+
+
+@pytest.mark.parametrize("mode", ["off", "on"])
+def test_a_target_size_gives_every_stage_the_same_canvas_around_the_source(mode):
+    """target_size is in pixels at video.size: with refine the coarse source is smaller, the canvas shape the same."""
+    from motia.planning import model_size, plan, plan_output, plan_refine
+
+    cfg = load_config(CONFIGS / "base.yaml", ["outpaint.left=0", "outpaint.right=0", "outpaint.target_size=[720,1280]",
+                                              f"outpaint.refine.mode={mode}"])
+    size, _ = model_size(cfg, 512, 512)
+    coarse = plan(cfg, size, size)
+    out = plan_output(cfg, coarse, 512, 512)
+    assert (out.height, out.width, out.top, out.left) == (720, 1280, 104, 384)
+    if mode == "on":
+        assert (coarse.height, coarse.width, coarse.src_h) == (512, 912, 364)
+        refine = plan_refine(cfg, coarse, 512, 512)
+        assert (refine.height, refine.width, refine.top, refine.left) == (720, 1280, 104, 384)
+    else:
+        assert (coarse.height, coarse.width) == (720, 1280)
