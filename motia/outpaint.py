@@ -402,7 +402,7 @@ def coarse_stage(cfg, components, stage: StagePlan, known, text, generator, **kw
     return sample_stage(cfg, components, stage, known, text, latents, noise, generator=generator, **kwargs)
 
 
-def refine_known(cfg: JobConfig, clip, stage: StagePlan, prop, folder: str | None = None):
+def refine_known(cfg: JobConfig, clip, canvas, prop, folder: str | None = None):
     """``KnownFrames`` at the refine scale: the source decoded again at its own size (resampled to the refine
     scale where that differs) in its box, and the propagated pixels found again at that scale."""
     import numpy as np
@@ -411,7 +411,7 @@ def refine_known(cfg: JobConfig, clip, stage: StagePlan, prop, folder: str | Non
     from motia.known import KnownFrames
     from motia.video import iter_frames, to_uint8, unit_frames
 
-    c = stage.canvas
+    c = canvas
     size = (c.src_h, c.src_w)
     if clip.source is not None and (clip.height, clip.width) != size:
         frames = iter_frames(clip.source, clip.frame_indices, backend=clip.backend or "auto")
@@ -502,6 +502,7 @@ def outpaint(
     shots=None,
     decode: bool = True,
     scratch: str | os.PathLike | None = None,
+    known_refine=None,
 ) -> OutpaintResult:
     """Outpaint ``clip`` (a motia.video.Clip) onto the canvas the config plans, with an optional adapted LoRA.
 
@@ -525,6 +526,8 @@ def outpaint(
     ``shots`` (the shots' first frames; default ``planning.plan_shots``): no temporal window crosses a cut.
     ``scratch``: the folder of the temporary files (unnamed, gone when the run ends) that hold what frames
     know when that is too large for memory (``motia.known.FrameStore``); default the system's temp folder.
+    ``known_refine``: what frames know at the refine scale (``refine_known``), when the caller built it
+    already (the writer pastes from it too); by default built here.
     """
     from motia.known import KnownFrames
     from motia.planning import plan_shots
@@ -555,8 +558,10 @@ def outpaint(
         t1 = time.perf_counter()
         timings["sample"] = t1 - t0
         if plan.refine is not None:
-            known_r = refine_known(cfg, clip, plan.refine, prop, folder=scratch)
-            stack.callback(known_r.close)
+            known_r = known_refine
+            if known_r is None:
+                known_r = refine_known(cfg, clip, plan.refine.canvas, prop, folder=scratch)
+                stack.callback(known_r.close)
             t2 = time.perf_counter()
             latents = refine_stage(cfg, components, clip, plan, latents, known_r, text, generator, **common)
             timings["refine_known"], timings["refine"] = t2 - t1, time.perf_counter() - t2
@@ -841,11 +846,17 @@ def _outpaint_locked(cfg: JobConfig, lora, *, overwrite: bool, progress: bool, m
         else:
             path.unlink(missing_ok=True)
     generator = torch.Generator("cpu").manual_seed(cfg.seed)
+    # What frames know at the refine scale serves the refine stage and, at the output's scale, the paste.
+    known_r = refine_known(cfg, clip, final_canvas, propagation, folder=run_dir) if final_canvas != canvas else None
     # The outputs are written as the frames are decoded, pasted at the output scale.
-    with OutputWriter(cfg, clip, final_canvas, out_canvas, run_dir, native, propagation=propagation) as writer:
+    with contextlib.ExitStack() as stack:
+        if known_r is not None:
+            stack.callback(known_r.close)
+        writer = stack.enter_context(OutputWriter(cfg, clip, final_canvas, out_canvas, run_dir, native,
+                                                  propagation=propagation, known=known_r))
         result = outpaint(cfg, components, clip, lora_path=lora, generator=generator, progress=progress,
                           sink=writer, paste=False, callback=callback, propagation=propagation, shots=shots,
-                          run_boxes=shard, scratch=run_dir)
+                          run_boxes=shard, scratch=run_dir, known_refine=known_r)
     outputs = dict(writer.outputs)
     outputs["config"] = str(dump_config(cfg, run_dir / "config.yaml"))
     outputs["summary"] = str(run_dir / SUMMARY_FILE)

@@ -188,13 +188,15 @@ class OutputWriter(Finishing):
     chunks must then be the raw decoded frames. ``propagation`` (a
     ``motia.known.ClipPropagation`` that filled pixels) adds the propagated pixels to the
     paste, propagated again at the output scale (``propagation_coverage`` then holds the
-    coverage there). Files appear complete at ``close()``
+    coverage there). ``known`` (a ``motia.known.KnownFrames`` whose source box has the written
+    box's size: the refine stage's at the output's scale) gives those pixels instead, as that
+    stage saw them, without propagating again. Files appear complete at ``close()``
     or not at all (``abort()``; a context manager does either). ``timings`` holds the
     seconds spent reading the source, propagating, on the canvas and paste, and writing.
     """
 
     def __init__(self, cfg: JobConfig, clip, canvas, out_canvas, run_dir: str | Path,
-                 native_size: tuple[int, int], paste: bool | None = None, propagation=None):
+                 native_size: tuple[int, int], paste: bool | None = None, propagation=None, known=None):
         from motia.geometry import feather_pixels
         from motia.video import FrameWriter, GifWriter, VideoWriter, iter_frames
 
@@ -242,8 +244,13 @@ class OutputWriter(Finishing):
         # Propagated pixels: the model's own at its scale; else propagated again here, reading
         # source frames around each one (the decoded ones through a ring, each decoded once).
         self.prop = propagation if self.paste and propagation is not None and propagation.filled else None
-        self.out_prop = self.ring = None
-        if self.prop is not None and not (model and self.prop.canvas == out_canvas):
+        self.out_prop = self.ring = self.known = None
+        region = _region_of(known, out_canvas) if self.prop is not None and known is not None else None
+        if region is not None:  # the refine stage's own propagated pixels, already at this scale
+            from motia.propagate import CoverageStats
+
+            self.known, self.region, self.stats = known, region, CoverageStats(out_canvas)
+        elif self.prop is not None and not (model and self.prop.canvas == out_canvas):
             from motia.known import OutputPropagation
             from motia.propagate import FrameCache
 
@@ -259,6 +266,8 @@ class OutputWriter(Finishing):
         """Coverage at the output scale (``CoverageStats.to_dict()``), the model's when that is the output scale."""
         if self.out_prop is not None:
             return self.out_prop.stats.to_dict()
+        if self.known is not None:
+            return self.stats.to_dict()
         return self.prop.coverage if self.prop is not None else None
 
     def _scaled_u8(self, frame: np.ndarray) -> np.ndarray:
@@ -312,6 +321,16 @@ class OutputWriter(Finishing):
         None: the model's own propagation is at this scale, or it is computed here.
         """
         frames = range(self.count, self.count + source.shape[0])
+        if self.known is not None:
+            known = self.known.known(frames, self.region)  # (m, 1, H, W) with the box
+            top, left, bottom, right = self.out.box
+            for mask in known[:, 0] > 0.5:
+                mask = mask.clone()
+                mask[top:bottom, left:right] = False
+                self.stats.add(mask.numpy())
+            if not any(self.known.frame_filled(t) for t in frames):
+                return None
+            return known, self.known.image(frames, self.region)
         if self.out_prop is None:
             if not any(self.prop.frame_filled(t) for t in frames):
                 return None
@@ -418,6 +437,17 @@ class OutputWriter(Finishing):
             except Exception:  # noqa: BLE001
                 log.debug("aborting %s failed", getattr(writer, "path", writer), exc_info=True)
         self._close_sources()
+
+
+def _region_of(known, out_canvas):
+    """The written canvas as a region of ``known``'s canvas (source boxes of one size, so a shift), or None."""
+    c = known.canvas
+    if (c.src_h, c.src_w) != (out_canvas.src_h, out_canvas.src_w):
+        return None
+    top, left = c.top - out_canvas.top, c.left - out_canvas.left
+    if top < 0 or left < 0 or top + out_canvas.height > c.height or left + out_canvas.width > c.width:
+        return None
+    return top, left, top + out_canvas.height, left + out_canvas.width
 
 
 def _frame_canvas(h: int, w: int):

@@ -607,3 +607,35 @@ def test_native_frames_are_decoded_once_and_not_kept(tmp_path, monkeypatch):
     assert len(decoded) == n  # each native frame decoded once, for the paste and the propagation
     assert most_alive[0] <= 2  # the ring copies each frame; the decoder's own are let go
     assert list((tmp_path / "run").glob(".source-ring*")) == []
+
+
+def test_refine_at_the_native_scale_keeps_the_propagated_and_the_source_pixels(tmp_path):
+    """Coarse at half the source's size, refined at its own: the written PNGs hold the native pixels other frames
+    show, exactly, and the source; the refine stage saw the same known pixels (one propagation at that scale)."""
+    from PIL import Image
+
+    from motia.outpaint import outpaint_from_config
+    from motia.video import write_frames
+
+    native = pan_clip(frames=12, src=(256, 320), expand=(0, 0, 80, 80), velocity=(2 * VX, 0),
+                      start=(2 * START[0], 2 * START[1]), upscale=2.0)
+    frames = torch.stack([torch.from_numpy(native.read(t)).permute(2, 0, 1) for t in range(12)]).float() / 255
+    folder = write_frames(tmp_path / "input", frames)
+    cfg = load_config(CONFIGS / "tiny.yaml", [
+        f"video.path={folder}", "outpaint.left=0.25", "outpaint.right=0.25", "sample.steps=2",
+        "sample.guidance_scale=1.0", "sample.regret.repeats=0", "output.frames=true", "output.mp4=false",
+        "output.side_by_side=false", f"output.dir={tmp_path}", "output.name=run", "outpaint.refine=on",
+        "outpaint.refine.coarse_size=128", "outpaint.refine.steps=4", "outpaint.refine.strength=0.5",
+        "sample.tiles.size=128", "sample.tiles.overlap=32",
+    ])  # fmt: skip
+    summary = outpaint_from_config(cfg, progress=False)
+    assert summary["stages"]["coarse"]["canvas"] == "240x128 (W x H)"
+    assert summary["stages"]["refine"]["canvas"] == "480x256 (W x H)" and summary["stages"]["refine"]["tiles"] > 1
+    got = np.stack([np.asarray(Image.open(p)) for p in sorted(Path(summary["outputs"]["frames"]).glob("*.png"))])
+    assert got.shape[1:3] == (256, 480)
+    truth = np.stack([native.truth(t) for t in range(12)])
+    revealed = np.stack(oracle_horizontal(native, 2 * VX))
+    assert np.array_equal(got[revealed], truth[revealed])
+    assert np.array_equal(got[:, box_mask(native.canvas)], truth[:, box_mask(native.canvas)])
+    written = json.loads(Path(summary["outputs"]["summary"]).read_text())["propagation"]
+    assert abs(written["coverage_output"]["all"]["mean"] - revealed.sum() / (~box_mask(native.canvas)).sum() / 12) < 1e-6
