@@ -157,6 +157,11 @@ class PropagationSection(_Section):
         return self
 
 
+def on_off_words(v):
+    """YAML 1.1 reads a bare on/off as a boolean: the mode keys take them back as the words."""
+    return {False: "off", True: "on"}.get(v, v) if isinstance(v, bool) else v
+
+
 class RefineSection(_Section):
     """Coarse-to-fine (motia.outpaint): a coarse pass of the whole canvas at the models' scale, then an
     SDEdit refine pass at the output's scale in spatial tiles. ``outpaint.refine=on`` sets ``mode``."""
@@ -169,10 +174,7 @@ class RefineSection(_Section):
     steps: int = Field(25, ge=1)  # the refine's DDIM schedule length (it runs round(strength x steps) of it)
     auto_ratio: float = Field(1.5, ge=1)  # auto refines when output short side / coarse_size exceeds this
 
-    @field_validator("mode", mode="before")
-    @classmethod
-    def _on_off_are_words(cls, v):
-        return {False: "off", True: "on"}.get(v, v) if isinstance(v, bool) else v  # YAML 1.1 reads on/off as booleans
+    _mode_words = field_validator("mode", mode="before")(lambda v: on_off_words(v))
 
     @field_validator("scale")
     @classmethod
@@ -202,14 +204,10 @@ class OutpaintConfig(_Section):
     @classmethod
     def _refine_mode(cls, v):
         # `outpaint.refine=on` (or off/auto; YAML 1.1 reads on/off as booleans) sets the mode alone.
-        if isinstance(v, bool):
-            v = "on" if v else "off"
+        v = on_off_words(v)
         return {"mode": v} if isinstance(v, str) else v
 
-    @field_validator("propagate", mode="before")
-    @classmethod
-    def _on_off_are_words(cls, v):
-        return {False: "off", True: "on"}.get(v, v) if isinstance(v, bool) else v  # YAML 1.1 reads on/off as booleans
+    _propagate_words = field_validator("propagate", mode="before")(lambda v: on_off_words(v))
 
     @field_validator("aspect")
     @classmethod

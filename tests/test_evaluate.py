@@ -29,7 +29,7 @@ from motia.evaluate import (
     score_sequence,
     source_window,
 )
-from motia.metrics import LPIPS, PSNR_CAP, psnr
+from motia.metrics import PSNR_CAP, psnr
 
 H, W, FRAMES = 48, 64, 4
 SEQS = ("bear", "car")

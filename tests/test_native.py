@@ -10,21 +10,13 @@ import torch
 
 from motia.config import load_config
 from motia.errors import ConfigError
+from written import png_frames, portrait, source_frames
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 CHEAP = [  # 2 steps, no guidance, no regret; the model works at a 32-pixel short side
     "sample.steps=2", "sample.guidance_scale=1.0", "sample.regret.repeats=0", "video.size=32",
     "outpaint.left=0", "outpaint.right=0",
 ]
-
-
-def portrait(num_frames, h, w):
-    """(F, 3, h, w) a moving pattern with edges and texture, so a misplaced or smeared paste shows."""
-    f = torch.arange(num_frames, dtype=torch.float32).view(-1, 1, 1, 1)
-    y = torch.linspace(0, 12, h).view(1, 1, -1, 1)
-    x = torch.linspace(0, 7, w).view(1, 1, 1, -1)
-    phase = torch.tensor([0.0, 2.0, 4.0]).view(1, 3, 1, 1)
-    return (0.5 + 0.35 * torch.sin(x * 1.3 + y + 0.4 * f + phase) + 0.1 * torch.sign(torch.sin(3 * x - y))).clamp(0, 1)
 
 
 @pytest.fixture(scope="module")
@@ -38,19 +30,6 @@ def clip540(tmp_path_factory):
 
 def make_cfg(video, *overrides):
     return load_config(CONFIGS / "tiny.yaml", CHEAP + [f"video.path={video}", *overrides])
-
-
-def source_frames(path, n):
-    """The source's own frames as the clip's reader decodes them, uint8 (n, H, W, 3)."""
-    from motia.video import iter_frames, read_video
-
-    return np.stack(list(iter_frames(path, range(n), backend=read_video(path, max_frames=1).backend)))
-
-
-def png_frames(folder):
-    from PIL import Image
-
-    return np.stack([np.asarray(Image.open(p)) for p in sorted(Path(folder).iterdir())])
 
 
 def decoded(path):

@@ -174,17 +174,23 @@ def test_known_latent_cells_are_per_frame(pan, pan_runs, components):
     assert np.array_equal((off == off_other).all(dim=0).numpy(), np.broadcast_to(want.all(axis=0), want.shape))
 
 
-def test_native_scale_paste_puts_back_the_native_pixels(tmp_path):
-    """Model at half the source's size; the written PNGs hold the native pixels other frames show, exactly."""
-    from PIL import Image
-
-    from motia.outpaint import outpaint_from_config
+def native_pan(tmp_path):
+    """The pan at twice the size (256x320 source, 80 px each side, integer motion), written as PNG frames."""
     from motia.video import write_frames
 
     native = pan_clip(frames=12, src=(256, 320), expand=(0, 0, 80, 80), velocity=(2 * VX, 0),
                       start=(2 * START[0], 2 * START[1]), upscale=2.0)
     frames = torch.stack([torch.from_numpy(native.read(t)).permute(2, 0, 1) for t in range(12)]).float() / 255
-    folder = write_frames(tmp_path / "input", frames)
+    return native, write_frames(tmp_path / "input", frames)
+
+
+def test_native_scale_paste_puts_back_the_native_pixels(tmp_path):
+    """Model at half the source's size; the written PNGs hold the native pixels other frames show, exactly."""
+    from PIL import Image
+
+    from motia.outpaint import outpaint_from_config
+
+    native, folder = native_pan(tmp_path)
     cfg = load_config(CONFIGS / "tiny.yaml", [
         f"video.path={folder}", "video.size=128", "outpaint.left=0.25", "outpaint.right=0.25", "sample.steps=2",
         "sample.guidance_scale=1.0", "sample.regret.repeats=0", "output.frames=true", "output.mp4=false",
@@ -570,7 +576,7 @@ def test_native_frames_are_decoded_once_and_not_kept(tmp_path, monkeypatch):
     from motia.geometry import Canvas
     from motia.outpaint import outpaint_from_config
     from motia.video import write_frames
-    from synthetic_pans import Clip, photo
+    from synthetic_pans import photo
 
     n, radius = 40, 6
     syn = Clip(photo(upscale=2.0), Canvas(src_h=256, src_w=320, height=256, width=480, top=0, left=80), n,
@@ -615,12 +621,8 @@ def test_refine_at_the_native_scale_keeps_the_propagated_and_the_source_pixels(t
     from PIL import Image
 
     from motia.outpaint import outpaint_from_config
-    from motia.video import write_frames
 
-    native = pan_clip(frames=12, src=(256, 320), expand=(0, 0, 80, 80), velocity=(2 * VX, 0),
-                      start=(2 * START[0], 2 * START[1]), upscale=2.0)
-    frames = torch.stack([torch.from_numpy(native.read(t)).permute(2, 0, 1) for t in range(12)]).float() / 255
-    folder = write_frames(tmp_path / "input", frames)
+    native, folder = native_pan(tmp_path)
     cfg = load_config(CONFIGS / "tiny.yaml", [
         f"video.path={folder}", "outpaint.left=0.25", "outpaint.right=0.25", "sample.steps=2",
         "sample.guidance_scale=1.0", "sample.regret.repeats=0", "output.frames=true", "output.mp4=false",

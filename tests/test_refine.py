@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from motia.config import load_config
+from written import png_frames, portrait, source_frames
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -23,35 +24,14 @@ CHEAP = ["outpaint.refine.mode=auto", "sample.steps=2", "sample.guidance_scale=1
          "outpaint.refine.strength=0.5", "sample.tiles.size=256", "sample.tiles.overlap=64"]
 
 
-def pattern(num_frames, h, w):
-    """(F, 3, h, w) moving texture with edges, so a misplaced crop or paste shows."""
-    f = torch.arange(num_frames, dtype=torch.float32).view(-1, 1, 1, 1)
-    y = torch.linspace(0, 12, h).view(1, 1, -1, 1)
-    x = torch.linspace(0, 7, w).view(1, 1, 1, -1)
-    phase = torch.tensor([0.0, 2.0, 4.0]).view(1, 3, 1, 1)
-    return (0.5 + 0.35 * torch.sin(x * 1.3 + y + 0.4 * f + phase) + 0.1 * torch.sign(torch.sin(3 * x - y))).clamp(0, 1)
-
-
 def write_clip(path, num_frames, h, w):
     from motia.video import write_video
 
-    return write_video(path, pattern(num_frames, h, w), fps=8)
+    return write_video(path, portrait(num_frames, h, w), fps=8)
 
 
 def make_cfg(video, *overrides):
     return load_config(CONFIGS / "tiny.yaml", CHEAP + [f"video.path={video}", *overrides])
-
-
-def source_frames(path, n):
-    from motia.video import iter_frames, read_video
-
-    return np.stack(list(iter_frames(path, range(n), backend=read_video(path, max_frames=1).backend)))
-
-
-def png_frames(folder):
-    from PIL import Image
-
-    return np.stack([np.asarray(Image.open(p)) for p in sorted(Path(folder).iterdir())])
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +143,7 @@ def _stage(components, cfg, canvas, tiles):
 def _known(canvas, frames=4):
     from motia.known import KnownFrames
 
-    src = pattern(frames, canvas.src_h, canvas.src_w)
+    src = portrait(frames, canvas.src_h, canvas.src_w)
     return KnownFrames.at_model_scale(canvas, src)
 
 
