@@ -526,6 +526,8 @@ def resample_canvas(frames: torch.Tensor, src: Canvas, dst: Canvas) -> torch.Ten
     _check_frames(frames, src.height, src.width, "frames")
     if src == dst:
         return frames
+    if (src.src_h, src.src_w) == (dst.src_h, dst.src_w) and _inside(src, dst):  # one scale (refine -> written)
+        return _shifted(frames, src, dst)
     sy, sx = src.src_h / dst.src_h, src.src_w / dst.src_w  # source pixels per output pixel
     rows = _resample_matrix(src.height, dst.height, src.top - dst.top * sy, sy).to(frames)  # (H', H)
     cols = _resample_matrix(src.width, dst.width, src.left - dst.left * sx, sx).to(frames).T  # (W, W')
@@ -537,6 +539,22 @@ def resample_canvas(frames: torch.Tensor, src: Canvas, dst: Canvas) -> torch.Ten
     else:
         out = torch.matmul(rows, torch.matmul(frames, cols))  # (F, C, H, W') -> (F, C, H', W')
     return out.clamp_(0.0, 1.0)
+
+
+def _inside(src: Canvas, dst: Canvas) -> bool:
+    """Whether ``dst``, laid box onto box over ``src`` at the same scale, lies wholly within it."""
+    dy, dx = src.top - dst.top, src.left - dst.left
+    return dy >= 0 and dx >= 0 and dy + dst.height <= src.height and dx + dst.width <= src.width
+
+
+def _shifted(frames: torch.Tensor, src: Canvas, dst: Canvas) -> torch.Tensor:
+    """``resample_canvas`` between two canvases of one scale, ``dst`` within ``src``: a whole-pixel crop, box onto box.
+
+    The bicubic kernel at whole-pixel offsets is 1 at its centre and 0 elsewhere, so this is
+    exactly what the matmuls compute, without them (a frame at the output's scale is tens of MB).
+    """
+    dy, dx = src.top - dst.top, src.left - dst.left  # dst pixel (y, x) is src pixel (y + dy, x + dx)
+    return frames[..., dy : dy + dst.height, dx : dx + dst.width].clamp(0.0, 1.0)
 
 
 def _nearest_known(known: torch.Tensor, radius: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -360,7 +360,7 @@ class FrameStore:
     its columns. Nothing is left behind, even on a crash (the file has no name).
     """
 
-    RAM_BYTES = 256 << 20  # stores up to this size stay in memory
+    RAM_BYTES = 64 << 20  # stores up to this size stay in memory; larger ones go to the page cache, not the process
 
     def __init__(self, num_frames: int, height: int, width: int, channels: int, dtype=np.uint8,
                  folder: str | None = None, ram_bytes: int | None = None):

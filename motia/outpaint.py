@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 SUMMARY_FILE = "summary.json"
 # Frames at the refine scale handled at once (decode, upsample, paste, encode): bounds every
 # float copy of a frame (a 3416x1920 frame is 79 MB in float32).
-_REFINE_CHUNK_BYTES = 96 << 20
+_REFINE_CHUNK_BYTES = 32 << 20
 
 Control = torch.Tensor | Callable[..., torch.Tensor]
 

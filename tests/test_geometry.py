@@ -461,3 +461,16 @@ def test_scale_canvas_keeps_the_box_in_proportion():
     out = scale_canvas(canvas, 1080, 1920)
     assert (out.height, out.width, out.top, out.left) == (1080, 1920, 0, 656)
     assert (out.src_h, out.src_w) == (1080, 608)  # round(1167 * 0.5624), round(2247 * 0.5624)
+
+
+def test_resampling_between_canvases_of_one_scale_is_the_bicubic_matmul_bit_for_bit():
+    """The refine canvas to the written one (same box size, the written canvas inside): a crop, what the matmuls give."""
+    import motia.geometry as G
+
+    src, dst = Canvas(20, 12, 24, 40, 2, 14), Canvas(20, 12, 22, 36, 1, 12)
+    x = torch.rand(2, 3, src.height, src.width, generator=torch.Generator().manual_seed(0))
+    rows = G._resample_matrix(src.height, dst.height, float(src.top - dst.top), 1.0)
+    cols = G._resample_matrix(src.width, dst.width, float(src.left - dst.left), 1.0).T
+    assert torch.equal(G.resample_canvas(x, src, dst), torch.matmul(torch.matmul(rows, x), cols).clamp(0, 1))
+    wider = Canvas(20, 12, 26, 44, 3, 16)  # beyond src's edges: the matmuls' edge taps, not a crop
+    assert not G._inside(src, wider) and G.resample_canvas(x, src, wider).shape == (2, 3, 26, 44)
