@@ -606,10 +606,12 @@ def adapt(
             out_dir / LATENTS_FILE, key, lambda: encode_frames(vae, frames, a.encode_chunk, device)
         )  # (F, 4, h, w)
     latents = latents.to(device)
-    crop_source = None if crops is None else load_crops(
-        crops, clip, vae, out_dir, vae_source=vae_source, chunk=a.encode_chunk, device=device,
-        cached=cached_latents, together=together,
-    )  # frames (F, H, W, 3) uint8 in a FrameStore, latents (F, 4, H/8, W/8) on the CPU
+    crop_source = None
+    if crops is not None:
+        logger.info("adapt.crops: %d%% of the steps train on %d px crops of the source at %dx%d (W x H), the refine "
+                    "stage's scale", round(100 * crops["share"]), crops["size"], crops["scale"][1], crops["scale"][0])
+        crop_source = load_crops(crops, clip, vae, out_dir, vae_source=vae_source, chunk=a.encode_chunk,
+                                 device=device, cached=cached_latents, together=together)  # fmt: skip
     text = encode_prompt(components.tokenizer, components.text_encoder, cfg.prompt, device)  # (1, 77, D)
     noise_scheduler = components.scheduler
     batch_args = dict(

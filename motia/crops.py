@@ -37,6 +37,9 @@ import torch
 from motia.config import JobConfig
 
 CROP_LATENTS_FILE = "latents_refine.pt"
+# At most this many bytes of float frames per VAE call (``adapt.encode_chunk`` frames at most): 8 frames of
+# 1080x1920 would be 200 MB of input alone, and the tiled encoder's activations grow with the frames per call.
+_CHUNK_BYTES = 96 << 20
 Box = tuple[int, int, int, int]  # (top, left, bottom, right) in pixels of the refine-scale frame
 
 
@@ -126,6 +129,13 @@ def store_source(clip, size: Sequence[int], multiple: int = 8, folder: str | Non
     store = FrameStore(clip.num_frames, ch, cw, 3, np.uint8, folder)
     digest = hashlib.sha256()
     try:
+        if store.in_file:  # the file is sparse: a full disk would only show half-way through the clip
+            import tempfile
+
+            from motia.utils import check_free_space
+
+            check_free_space(folder or tempfile.gettempdir(), store.nbytes,
+                             "free some space there, set TMPDIR to a larger disk, or set adapt.crops=off")
         for t, frame in enumerate(source_at_scale(clip, (h, w))):
             frame = np.ascontiguousarray(frame[top : top + ch, left : left + cw])
             store.write(t, frame)
@@ -144,9 +154,11 @@ def crop_latent_key(digest: str, shape: Sequence[int], vae_source: str, vae_dtyp
 
 @torch.no_grad()
 def encode_store(vae, store, tile: int, chunk: int, device=None) -> torch.Tensor:
-    """(F, 4, H/8, W/8) float32 CPU latents of every frame of ``store``, ``chunk`` frames per call, in VAE tiles."""
+    """(F, 4, H/8, W/8) float32 CPU latents of every frame of ``store`` in VAE tiles, ``chunk`` frames per call at
+    most (fewer when the frames are large)."""
     from motia.vae import encode_frames, tiled
 
+    chunk = max(1, min(chunk, _CHUNK_BYTES // (3 * 4 * store.shape[1] * store.shape[2])))
     out = []
     with tiled(vae, tile):
         for i in range(0, store.shape[0], chunk):

@@ -373,6 +373,11 @@ class FrameStore:
             self._file = tempfile.TemporaryFile(prefix=".motia-frames.", dir=folder)
             self._file.truncate(self.nbytes)  # sparse: reads as zeros until written
 
+    @property
+    def in_file(self) -> bool:
+        """Whether the frames live in the temporary file (else in memory)."""
+        return self._file is not None
+
     def _row_bytes(self) -> int:
         return self.shape[2] * self.shape[3] * self.dtype.itemsize
 

@@ -236,3 +236,20 @@ def test_an_adapter_without_the_crops_record_still_outpaints(with_crops, small, 
     summary = outpaint_from_config(cfg, old, progress=False, models=cache)
     assert summary["stages"]["refine"]["unet_calls"] > 0
     assert len(list(Path(summary["outputs"]["frames"]).iterdir())) == 3
+
+
+def test_a_source_too_large_for_the_temporary_disk_is_refused_before_it_is_stored(small, tmp_path, monkeypatch):
+    from motia import known, utils
+    from motia.crops import store_source
+    from motia.errors import NoSpaceError
+
+    clip = load_clip(job(small, tmp_path))
+    monkeypatch.setattr(known.FrameStore.__init__, "__defaults__", (np.uint8, None, 0))  # always the file
+    monkeypatch.setattr(utils, "free_bytes", lambda folder: 1000)
+    with pytest.raises(NoSpaceError, match="TMPDIR") as err:
+        store_source(clip, (160, 96), folder=str(tmp_path))
+    assert str(tmp_path) in str(err.value) and "\n" not in str(err.value)
+    monkeypatch.setattr(utils, "free_bytes", lambda folder: 1 << 40)
+    store, _ = store_source(clip, (160, 96), folder=str(tmp_path))
+    assert store.in_file and store.read([5]).shape == (1, 160, 96, 3)
+    store.close()
