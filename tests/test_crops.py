@@ -73,6 +73,29 @@ def test_crops_are_planned_when_the_run_refines(small, tmp_path):
     assert plan_crops(plain, load_clip(plain)) is None  # nothing generates at another scale
 
 
+def test_crops_train_on_the_pixels_the_refine_stage_knows_also_when_it_resamples(small, tmp_path):
+    """Below the native scale (refine.max_side), the stored frames are the refine stage's source pixels, centre-cropped
+    to the latent grid."""
+    from motia.crops import store_source
+    from motia.outpaint import refine_known
+    from motia.planning import plan_stages
+
+    cfg = job(small, tmp_path, "outpaint.refine.max_side=200")
+    clip = load_clip(cfg)
+    stage = plan_stages(cfg, clip).refine
+    crops = plan_crops(cfg, clip)
+    h, w = crops["scale"]
+    assert (h, w) == (stage.canvas.src_h, stage.canvas.src_w) and h < 160  # resampled from the native 160x96
+    known = refine_known(cfg, clip, stage, None)
+    expected = (known.source(range(clip.num_frames)) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    known.close()
+    store, _ = store_source(clip, crops["scale"])
+    top, left = (h % 8) // 2, (w % 8) // 2
+    assert store.shape[1:3] == (h - h % 8, w - w % 8)
+    assert np.array_equal(store.read(range(clip.num_frames)), expected[:, top : top + h - h % 8, left : left + w - w % 8])
+    store.close()
+
+
 def test_the_resume_fingerprint_holds_the_crops_and_nothing_new_without_them(small, tmp_path):
     cfg = job(small, tmp_path)
     crops = plan_crops(cfg, load_clip(cfg))
