@@ -276,3 +276,18 @@ def test_a_source_too_large_for_the_temporary_disk_is_refused_before_it_is_store
     store, _ = store_source(clip, (160, 96), folder=str(tmp_path))
     assert store.in_file and store.read([5]).shape == (1, 160, 96, 3)
     store.close()
+
+
+def test_the_batch_adapter_key_follows_the_crops_as_resolved(small, tmp_path):
+    from motia.batch import adapter_key, adapter_recipe
+
+    def key(*extra):
+        cfg = job(small, tmp_path, *extra)
+        return adapter_key(cfg, load_clip(cfg))
+
+    refining = key()
+    assert refining != key("adapt.crops=off") == key("adapt.crop_share=0")
+    assert refining != key("adapt.crop_share=0.25") and refining != key("sample.tiles.size=128")
+    # Without crops the key is what it was before crops existed: the settings are not in the recipe.
+    assert key("outpaint.refine=off") == key("outpaint.refine=off", "adapt.crops=off")
+    assert not {"crops", "crop_share"} & set(adapter_recipe(job(small, tmp_path))["adapt"])
