@@ -27,6 +27,13 @@ Decisions worth knowing:
   those of a clip without cuts. The adapter's metadata records the shots.
 * Frames are centre-cropped to a multiple of the VAE factor (8) before encoding;
   the masks are drawn at that pixel size.
+* A run that outpaints coarse-to-fine (``outpaint.refine``) also trains on native-scale
+  crops (``adapt.crops: auto``, ``motia.crops``): each step first draws whether it is a crop
+  step (chance ``adapt.crop_share``); a crop step takes its window as any step, then a box of
+  the refine stage's tile size (``sample.tiles.size``) on the latent grid of the source at
+  the refine scale, the same for every frame of the window, and its border mask within the
+  box. Those latents are cached in ``latents_refine.pt``. A run without crops draws exactly
+  as before they existed. The adapter's metadata and summary record the crops (or None).
 * Every random draw (window, mask, timestep, noise) comes from one CPU
   ``torch.Generator`` seeded with ``cfg.seed`` (plus the process index), whose state
   is part of every checkpoint: a resumed run ends with the same adapter as an
@@ -80,6 +87,8 @@ _CKPT_RNG = "generators.pt"
 
 # adapt.* keys that may change between a run and its resume; everything else must match.
 _RESUMABLE_CHANGES = {"steps", "checkpoint_every", "keep_checkpoints", "log_every", "output_dir", "mixed_precision"}
+# adapt.* keys that count as what they resolve to (``_fingerprint``).
+_RESOLVED = {"crops", "crop_share"}
 
 
 # ----------------------------------------------------------------------------- small pieces
@@ -226,28 +235,47 @@ def training_batch(
     generator: torch.Generator,
     device=None,
     shots: Sequence[int] = (0,),
+    crops=None,
 ) -> dict[str, torch.Tensor]:
     """Draw one step's data: a shot (``sample_shot``), per sample a window in it and a border mask; then timesteps and noise.
 
     ``latents`` (F, 4, h, w) and ``frames`` (F, 3, H, W) (uint8, or float in [0, 1]) are the whole clip,
     ``shots`` its shots' first frames (one shot, ``(0,)``: no shot is drawn). Returns
     ``latents`` (B, 4, f, h, w), ``control`` (B*f, 3, H, W) with the border = -1, ``known``
-    (B, H, W), ``t`` (B,) and ``noise`` (B, 4, f, h, w), on ``device``. The order of draws is
-    fixed, so the generator state alone decides the batch.
+    (B, H, W), ``t`` (B,), ``noise`` (B, 4, f, h, w) and ``windows`` (B, 2) (each sample's
+    [start, end)), on ``device``. The order of draws is fixed, so the generator state alone
+    decides the batch.
+
+    ``crops`` (a ``motia.crops.CropSource``, or None): the step first draws whether it trains
+    on a crop (chance ``crops.share``); a crop step draws, per sample after its window, a
+    tile-sized box on the latent grid of the refine-scale frames (the same for every frame of
+    the window), and its mask within the box, then trains on the box's latents and pixels
+    (H, W are then the box's); its batch also holds ``boxes`` (B, 4) (top, left, bottom, right
+    pixels). Without ``crops`` nothing more is drawn than before crops existed.
     """
-    H, W = frames.shape[-2:]
-    lat, ctl, known = [], [], []
+    crop = crops is not None and crops.is_crop_step(generator)
+    lat, ctl, known, spans, boxes = [], [], [], [], []
     first, end = sample_shot(shots, frames.shape[0], generator)
     for _ in range(batch_size):
         s, e = sample_window(end - first, window, generator, offset=first)
-        mask = sample_border_mask(H, W, mask_ranges, generator)  # (H, W), 1 = known
-        lat.append(latents[s:e])  # (f, 4, h, w)
-        ctl.append(control_video(unit_frames(frames[s:e]), mask))  # (f, 3, H, W)
+        if crop:
+            box = crops.box(generator)
+            x0, pixels = crops.take(s, e, box)  # (f, 4, h, w), (f, 3, H, W) of the box
+            boxes.append(box)
+        else:
+            x0, pixels = latents[s:e], frames[s:e]
+        mask = sample_border_mask(*pixels.shape[-2:], mask_ranges, generator)  # (H, W), 1 = known
+        lat.append(x0)  # (f, 4, h, w)
+        ctl.append(control_video(unit_frames(pixels), mask))  # (f, 3, H, W)
         known.append(mask)
+        spans.append((s, e))
     x0 = torch.stack(lat).permute(0, 2, 1, 3, 4)  # (B, 4, f, h, w)
     t = torch.randint(0, num_train_timesteps, (batch_size,), generator=generator)
     noise = torch.randn(x0.shape, generator=generator)  # (B, 4, f, h, w)
-    batch = {"latents": x0, "control": torch.cat(ctl), "known": torch.stack(known), "t": t, "noise": noise}
+    batch = {"latents": x0, "control": torch.cat(ctl), "known": torch.stack(known), "t": t, "noise": noise,
+             "windows": torch.tensor(spans)}
+    if crop:
+        batch["boxes"] = torch.tensor(boxes)
     return {k: v.to(device) for k, v in batch.items()}
 
 
@@ -374,23 +402,28 @@ def _load_trainable_state(model, path: Path) -> None:
             p.copy_(saved[n])
 
 
-def _fingerprint(cfg: JobConfig, clip_key: str, init_sha256: str | None = None, shots: Sequence[int] = (0,)) -> dict:
+def _fingerprint(cfg: JobConfig, clip_key: str, init_sha256: str | None = None, shots: Sequence[int] = (0,),
+                 crops: dict | None = None) -> dict:
     """What must match for a resume to continue the same run (``init_sha256``: the ``adapt.init_lora`` file's hash).
 
     The shots count as resolved, not as ``video.shots`` says: they decide the windows drawn,
     and a one-shot clip draws as before shots existed, so its older checkpoints still resume.
+    The crops likewise (``motia.crops.plan_crops``: tile size, refine scale, share), not as
+    ``adapt.crops``/``crop_share`` say: a run without crops draws as before they existed.
     """
     d = cfg.to_dict()
     found = {
         "seed": d["seed"], "prompt": d["prompt"], "models": d["models"],
         "video": {k: v for k, v in d["video"].items() if k != "shots"},
-        "adapt": {k: v for k, v in d["adapt"].items() if k not in _RESUMABLE_CHANGES},
+        "adapt": {k: v for k, v in d["adapt"].items() if k not in _RESUMABLE_CHANGES | _RESOLVED},
         "clip": clip_key,
     }
     if init_sha256 is not None:
         found["init_lora_sha256"] = init_sha256
     if len(shots) > 1:
         found["shots"] = list(shots)
+    if crops is not None:
+        found["crops"] = dict(crops)
     return found
 
 
@@ -502,6 +535,7 @@ def adapt(
     from tqdm.auto import tqdm
 
     from motia import lora, lora_io
+    from motia.crops import load_crops, plan_crops
     from motia.planning import plan_shots
     from motia.shots import check_shots
 
@@ -544,12 +578,13 @@ def adapt(
     together = contextlib.nullcontext if solo else accelerator.main_process_first
     started = time.perf_counter()
 
-    # --- data: latents once (cached), the prompt once
+    # --- data: latents once (cached), the prompt once; with crops, the source at the refine scale too
     scale = 2 ** (len(vae.config.block_out_channels) - 1)
+    crops = plan_crops(cfg, clip, scale, shots)  # None: trains as before crops existed
     frames = crop_to_multiple(clip.frames, scale)  # (F, 3, H, W) uint8 (or float in [0, 1]), on CPU
-    key = latent_key(frames, str(components.sources.get("vae", components.sources.get("base", ""))),
-                     next(vae.parameters()).dtype)
-    fingerprint = _fingerprint(cfg, key, init_origin and init_origin["sha256"], shots)
+    vae_source = str(components.sources.get("vae", components.sources.get("base", "")))
+    key = latent_key(frames, vae_source, next(vae.parameters()).dtype)
+    fingerprint = _fingerprint(cfg, key, init_origin and init_origin["sha256"], shots, crops)
     found = latest_checkpoint(ckpt_root) if resume and not solo else None
     if found is not None:
         folder, state = found
@@ -571,12 +606,18 @@ def adapt(
             out_dir / LATENTS_FILE, key, lambda: encode_frames(vae, frames, a.encode_chunk, device)
         )  # (F, 4, h, w)
     latents = latents.to(device)
+    crop_source = None
+    if crops is not None:
+        logger.info("adapt.crops: %d%% of the steps train on %d px crops of the source at %dx%d (W x H), the refine "
+                    "stage's scale", round(100 * crops["share"]), crops["size"], crops["scale"][1], crops["scale"][0])
+        crop_source = load_crops(crops, clip, vae, out_dir, vae_source=vae_source, chunk=a.encode_chunk,
+                                 device=device, cached=cached_latents, together=together)  # fmt: skip
     text = encode_prompt(components.tokenizer, components.text_encoder, cfg.prompt, device)  # (1, 77, D)
     noise_scheduler = components.scheduler
     batch_args = dict(
         window=a.frames, batch_size=a.batch_size, num_train_timesteps=noise_scheduler.config.num_train_timesteps,
         mask_ranges={side: tuple(r) for side, r in a.mask.model_dump().items()}, generator=rng.generator,
-        shots=shots,
+        shots=shots, crops=crop_source,
     )
 
     # --- model: LoRA on the UNet, everything else frozen
@@ -592,7 +633,7 @@ def adapt(
             targets = lora.attach_weights(unet, init, trainable=True, multiplier=a.lora.alpha / a.lora.rank,
                                           dropout=a.lora.dropout)  # fmt: skip
 
-    with _borrowed(accelerator) as hooks:
+    with _borrowed(accelerator) as hooks, (crop_source or contextlib.nullcontext()):
         # --- optimizer and checkpoint plumbing
         model, params, optimizer, lr_scheduler = prepare_training(unet, controlnet, a, accelerator, solo=solo)
 
@@ -650,12 +691,14 @@ def adapt(
         bar = tqdm(total=a.steps, initial=step, desc="adapt", unit="step", disable=not (progress and main))
         window_losses: list[float] = []
         loss_value = float("nan")
+        crop_steps = 0
         boundary_rng = rng.generator.get_state()  # generator state at the last completed step
         in_update = False
         loop_start, start_step = time.perf_counter(), step
         try:
             while step < a.steps:
                 batch = training_batch(latents, frames, device=device, **batch_args)
+                crop_steps += "boxes" in batch
                 loss = diffusion_loss(model, controlnet, batch, text, noise_scheduler)
                 accelerator.backward(loss)
                 in_update = True
@@ -711,6 +754,8 @@ def adapt(
             "init_lora": init_origin and init_origin["path"],
             "frames": [int(frames.shape[0]), int(frames.shape[2]), int(frames.shape[3])],
             "shots": shots,
+            "crops": crops,
+            "crop_steps": crop_steps,  # of the steps_run, those that trained on a crop
         }
         if main:
             metadata = {
@@ -721,6 +766,7 @@ def adapt(
                 },
                 "adapt": a.model_dump(mode="json"),
                 "shots": shots,  # first frames: the training windows stayed within these shots
+                "crops": crops,  # native-scale crops trained on too (motia.crops; None: the clip only)
                 "schedule": components.schedule,  # the noise schedule it was trained on (models.schedule)
                 "init_lora": init_origin,  # the LoRA it started from (None: a fresh init)
                 "seed": cfg.seed,

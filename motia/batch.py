@@ -42,7 +42,9 @@ with an ``info.json``; ``key = adapter_key(cfg, clip)`` hashes the *decoded, sel
 resized frames* (the exact pixels adaptation sees, so the frame selection and resize are
 covered, and a renamed or copied file keeps its key; a re-encoded one does not), the
 adaptation recipe (``adapt`` minus bookkeeping keys), the prompt, the seed, the model
-references, the device type and the resolved mixed precision. Outpainting the same clip with another canvas or other
+references, the device type and the resolved mixed precision, and the native-scale crops
+when the clip's run trains on them (``motia.crops.plan_crops``: a refining canvas). Outpainting
+the same clip with another canvas (one that gives the same crops, or none) or other
 sampling settings therefore reuses the adapter. An adapter is trained in a temporary
 folder inside the cache and renamed to its key when complete, so a failure never
 leaves a half entry (and when two ranks race on one key, the first rename wins).
@@ -89,6 +91,8 @@ CSV_COLUMNS = ("clip", "status", "adapt_s", "outpaint_s", "peak_memory_bytes", "
 # adapt.* keys that change how a run is logged or checkpointed, not the adapter it ends with.
 _ADAPT_BOOKKEEPING = {"output_dir", "checkpoint_every", "keep_checkpoints", "log_every", "encode_chunk",
                       "gradient_checkpointing"}  # fmt: skip
+# adapt.* keys that count as what they resolve to, not as written.
+_ADAPT_RESOLVED = {"init_lora", "crops", "crop_share"}
 _MODEL_KEYS = ("base", "base_config", "vae", "controlnet", "controlnet_config", "motion_adapter",
                "motion_adapter_config", "dtype", "variant", "schedule", "revision")  # fmt: skip
 _RESERVED_NAMES = {REPORTS}
@@ -245,7 +249,8 @@ def adapter_recipe(cfg: JobConfig) -> dict:
     device_type, mixed_precision = accelerator_settings(cfg)  # "auto" differs per device and launcher
     recipe = {
         "version": KEY_VERSION,
-        "adapt": {k: v for k, v in d["adapt"].items() if k not in _ADAPT_BOOKKEEPING and k != "init_lora"},
+        # init_lora by content below; crops as they resolve for the clip (adapter_key)
+        "adapt": {k: v for k, v in d["adapt"].items() if k not in _ADAPT_BOOKKEEPING | _ADAPT_RESOLVED},
         "prompt": cfg.prompt,
         "seed": cfg.seed,
         "models": {k: d["models"][k] for k in _MODEL_KEYS},
@@ -278,6 +283,11 @@ def adapter_key(cfg: JobConfig, clip) -> str:
     shots = plan_shots(cfg, clip)
     if len(shots) > 1:  # cuts change the training windows; one shot trains as before shots existed (same key)
         h.update(f"shots {shots}".encode())
+    from motia.crops import plan_crops
+
+    crops = plan_crops(cfg, clip, shots=shots)
+    if crops is not None:  # native-scale crops (a refining canvas); without them it trains as before (same key)
+        h.update(f"crops {json.dumps(crops, sort_keys=True)}".encode())
     return h.hexdigest()[:16]
 
 
@@ -292,6 +302,7 @@ def train_adapter(cfg: JobConfig, clip, key: str, cache: str | os.PathLike | Non
     """Adapt (``motia.adapt.adapt_from_config``, this process alone) into a temporary folder in the cache, then
     rename it to ``key``. ``callback`` observes every training step (``motia.adapt.adapt``)."""
     from motia import adapt as adapt_mod
+    from motia.crops import CROP_LATENTS_FILE
 
     root = adapter_cache_dir(cache)
     root.mkdir(parents=True, exist_ok=True)
@@ -303,7 +314,8 @@ def train_adapter(cfg: JobConfig, clip, key: str, cache: str | os.PathLike | Non
                                     accelerator=accelerator, solo=True, callback=callback)  # fmt: skip
         if not (tmp / adapt_mod.ADAPTER_FILE).is_file():
             raise MotiaError(f"adaptation finished without writing {tmp / adapt_mod.ADAPTER_FILE}")
-        (tmp / adapt_mod.LATENTS_FILE).unlink(missing_ok=True)  # it only serves a resume of this run
+        for name in (adapt_mod.LATENTS_FILE, CROP_LATENTS_FILE):  # they only serve a resume of this run
+            (tmp / name).unlink(missing_ok=True)
         info = {
             "key": key,
             "clip": str(getattr(clip, "source", cfg.video.path)),

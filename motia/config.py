@@ -275,11 +275,22 @@ class AdaptConfig(_Section):
     log_every: int = Field(10, ge=1)
     encode_chunk: int = Field(8, ge=1)  # frames per VAE encode call
     output_dir: str | None = None  # default: <output.dir>/<name>/adapter
+    # Train also on native-scale crops of the source at the refine tile size (motia.crops), so the LoRA
+    # has seen the clip's textures at the scale the refine stage generates: auto = when the run refines.
+    crops: Literal["off", "auto"] = "auto"
+    crop_share: float = Field(0.5, ge=0, le=1)  # the share of steps that train on a crop (with crops)
 
     @field_validator("mixed_precision", mode="before")
     @classmethod
     def _no_is_a_word(cls, v):
         return "no" if v is False else v  # YAML reads a bare `no` as false
+
+    @field_validator("crops", mode="before")
+    @classmethod
+    def _crops_words(cls, v):
+        if v is True:  # YAML reads a bare `on` as true
+            raise ValueError("must be auto (crops when the run refines) or off; there is no 'on'")
+        return "off" if v is False else v  # and a bare `off` as false
 
 
 class WindowSection(_Section):

@@ -27,7 +27,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -384,6 +384,11 @@ class FrameStore:
                     raise
                 self._file.truncate(self.nbytes)  # no fallocate here: sparse, reads as zeros until written
 
+    @property
+    def in_file(self) -> bool:
+        """Whether the frames live in the temporary file (else in memory)."""
+        return self._file is not None
+
     def _row_bytes(self) -> int:
         return self.shape[2] * self.shape[3] * self.dtype.itemsize
 
@@ -608,3 +613,33 @@ class KnownFrames:
             return paste_known(generated, source, self.canvas, feather)
         return paste_known(generated, source, self.canvas, feather, known=self.known(frames),
                            known_image=self.image(frames))
+
+
+def source_at_scale(clip, size: tuple[int, int]) -> Iterator[np.ndarray]:
+    """The clip's source frames at ``size`` (H, W), in order, one uint8 (H, W, 3) at a time.
+
+    Decoded again from the file at its own size (the ``Clip``'s frames are at the models'
+    scale) and resampled box onto box (``geometry.resample_canvas``, bicubic, antialiased
+    when shrinking) where ``size`` is not the native one; a clip built in memory, or one
+    already at ``size``, gives its own frames. The refine stage's known pixels and the
+    adaptation's native-scale crops (``motia.crops``) are these frames.
+    """
+    from motia.geometry import resample_canvas
+    from motia.video import iter_frames, to_uint8, unit_frames
+
+    size = (int(size[0]), int(size[1]))
+    if clip.source is not None and (clip.height, clip.width) != size:
+        frames = iter_frames(clip.source, clip.frame_indices, backend=clip.backend or "auto")
+    else:
+        frames = (clip.frames[i].permute(1, 2, 0).numpy() for i in range(clip.num_frames))
+    try:
+        for frame in frames:
+            if frame.shape[:2] == size and frame.dtype == np.uint8:
+                yield frame
+                continue
+            x = unit_frames(torch.as_tensor(np.array(frame)).permute(2, 0, 1)[None])  # (1, 3, h, w)
+            here = Canvas(x.shape[2], x.shape[3], x.shape[2], x.shape[3], 0, 0)
+            yield to_uint8(resample_canvas(x, here, Canvas(*size, *size, 0, 0)))[0]
+    finally:
+        if hasattr(frames, "close"):
+            frames.close()
