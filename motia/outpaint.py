@@ -404,34 +404,15 @@ def coarse_stage(cfg, components, stage: StagePlan, known, text, generator, **kw
 
 def refine_known(cfg: JobConfig, clip, canvas, prop, folder: str | None = None):
     """``KnownFrames`` at the refine scale: the source decoded again at its own size (resampled to the refine
-    scale where that differs) in its box, and the propagated pixels found again at that scale."""
-    import numpy as np
+    scale where that differs, ``known.source_at_scale``) in its box, and the propagated pixels found again there."""
+    from motia.known import KnownFrames, source_at_scale
 
-    from motia.geometry import Canvas, resample_canvas
-    from motia.known import KnownFrames
-    from motia.video import iter_frames, to_uint8, unit_frames
-
-    c = canvas
-    size = (c.src_h, c.src_w)
-    if clip.source is not None and (clip.height, clip.width) != size:
-        frames = iter_frames(clip.source, clip.frame_indices, backend=clip.backend or "auto")
-    else:  # the clip itself is at this scale (or was built in memory)
-        frames = (clip.frames[i].permute(1, 2, 0).numpy() for i in range(clip.num_frames))
-
-    def source(t: int) -> np.ndarray:  # (src_h, src_w, 3) uint8 at the refine scale, frames in order
-        frame = next(frames)
-        if frame.shape[:2] == size and frame.dtype == np.uint8:
-            return frame
-        x = unit_frames(torch.as_tensor(np.array(frame)).permute(2, 0, 1)[None])  # (1, 3, h, w)
-        here = Canvas(x.shape[2], x.shape[3], x.shape[2], x.shape[3], 0, 0)
-        return to_uint8(resample_canvas(x, here, Canvas(*size, *size, 0, 0)))[0]
-
+    frames = source_at_scale(clip, (canvas.src_h, canvas.src_w))
     try:
-        return KnownFrames.at_scale(c, clip.num_frames, source, prop if prop is not None and prop.filled else None,
-                                    folder)
+        return KnownFrames.at_scale(canvas, clip.num_frames, lambda t: next(frames),
+                                    prop if prop is not None and prop.filled else None, folder)
     finally:
-        if hasattr(frames, "close"):
-            frames.close()
+        frames.close()
 
 
 def refine_stage(cfg: JobConfig, components, clip, plan: OutpaintPlan, coarse_latents: torch.Tensor, known_r,
