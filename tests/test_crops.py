@@ -86,7 +86,7 @@ def test_crops_train_on_the_pixels_the_refine_stage_knows_also_when_it_resamples
     crops = plan_crops(cfg, clip)
     h, w = crops["scale"]
     assert (h, w) == (stage.canvas.src_h, stage.canvas.src_w) and h < 160  # resampled from the native 160x96
-    known = refine_known(cfg, clip, stage, None)
+    known = refine_known(cfg, clip, stage.canvas, None)
     expected = (known.source(range(clip.num_frames)) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     known.close()
     store, _ = store_source(clip, crops["scale"])
