@@ -77,7 +77,12 @@ def test_upload_preview_adapt_outpaint(app_server, tmp_path):
     assert Path(cfg.video.path) == run / "sample.mp4"  # the upload, kept beside the outputs: the config reruns
     assert (run / "sample.mp4").read_bytes() == sample_clip_path().read_bytes()
 
-    # Refine on: at this clip's own scale the coarse frames (and so the adapter) are the same; a second stage runs.
+    # Refine on: at this clip's own scale the coarse frames are the same, but the adapter also learns crops at the
+    # refine scale (adapt.crops: auto), so it is another one: Adapt again; then a second stage runs.
+    msg = app_error(lambda: c.predict(video=clip, refine="on", api_name="/outpaint"))
+    assert "press Adapt first" in msg
+    c.predict(video=clip, refine="on", api_name="/adapt")
+    assert len(list((folder / "adapters").glob("*/adapter.safetensors"))) == 2
     _, _, _, status = c.predict(video=clip, refine="on", api_name="/outpaint")
     summary = json.loads((run / "summary.json").read_text())
     assert list(summary["stages"]) == ["coarse", "refine"] and summary["stages"]["refine"]["unet_calls"] == 3
