@@ -451,18 +451,18 @@ def write_stage(cfg: JobConfig, components, stage: StagePlan, latents: torch.Ten
     feather = feather_pixels(cfg.output.feather, stage.canvas)
     chunk = cfg.sample.decode_chunk if stage.name == "coarse" else _refine_chunk(cfg, stage.canvas)
     kept, start, t_sink = [], 0, 0.0
-    with tiled(components.vae, cfg.sample.tiles.size if stage.tiled else None):
-        for pixels in decode_latents(components.vae, latents, chunk):  # (n, 3, H, W)
-            frames = range(start, start + pixels.shape[0])
-            if paste:
-                pixels = known.paste(pixels, frames, feather)
-            if sink is not None:
-                t0 = time.perf_counter()
-                sink(pixels)
-                t_sink += time.perf_counter() - t0
-            else:
-                kept.append(pixels)
-            start = frames.stop
+    tile = cfg.sample.tiles.size if stage.tiled else None  # frames larger than a tile decode tile by tile
+    for pixels in decode_latents(components.vae, latents, chunk, tile):  # (n, 3, H, W)
+        frames = range(start, start + pixels.shape[0])
+        if paste:
+            pixels = known.paste(pixels, frames, feather)
+        if sink is not None:
+            t0 = time.perf_counter()
+            sink(pixels)
+            t_sink += time.perf_counter() - t0
+        else:
+            kept.append(pixels)
+        start = frames.stop
     return (torch.cat(kept) if kept else None), t_sink
 
 
