@@ -73,6 +73,9 @@ def job_config(model: str, size: int, steps: int, guidance_steps: int, regret_re
         f"sample.steps={steps}", f"sample.guidance_steps={guidance_steps}", f"sample.regret.repeats={regret_repeats}",
         "sample.window.frames=16", "sample.window.stride=4", "outpaint.left=0.5", "outpaint.right=0.5",
         "outpaint.top=0", "outpaint.bottom=0", f"models.device={device}", f"models.dtype={dtype}", f"prompt={PROMPT}",
+        # The reference workload is one shot at the paper's canvas: no cut detection, no refine (512 -> 512x1024
+        # is one stage under auto anyway); the GPU machine has neither scenedetect nor OpenCV.
+        "video.shots=off", "outpaint.refine=off", "outpaint.propagate=off",
     ]
     return load_config(REPO / "configs" / ("base.yaml" if model == "fullsize" else "tiny.yaml"), overrides)
 
