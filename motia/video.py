@@ -35,6 +35,7 @@ Conventions
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import functools
 import importlib.resources
@@ -819,7 +820,7 @@ def mp4_bytes_bound(frames: int, height: int, width: int, crf: int = 18) -> int:
     return int(frames * (height + height % 2) * (width + width % 2) * bits / 8) + (16 << 10)  # + headers, index
 
 
-class Finishing:
+class Finishing(abc.ABC):
     """Base of the writers whose files appear complete at ``close()`` or not at all (``abort()``).
 
     ``finish()`` completes the file under its temporary name, ``close()`` finishes it (if
@@ -831,11 +832,13 @@ class Finishing:
     def finish(self) -> None:
         """Complete the file under its temporary name (the frames given so far are all of it)."""
 
+    @abc.abstractmethod
     def close(self):
-        raise NotImplementedError
+        """Finish the file (if not yet) and rename it into place; return its path."""
 
+    @abc.abstractmethod
     def abort(self) -> None:
-        raise NotImplementedError
+        """Remove whatever is half-written."""
 
     def __enter__(self):
         return self
