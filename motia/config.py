@@ -338,12 +338,17 @@ class TilesSection(_Section):
     overlap: int = Field(128, ge=0)  # pixels shared by neighbouring tiles
     weights: Literal["gaussian", "pyramid", "flat"] = "gaussian"  # spatial blend profile (MultiDiffusion's gaussian)
 
+    @field_validator("size", "overlap")
+    @classmethod
+    def _on_the_grid(cls, v):
+        if v % 8:
+            raise ValueError(f"must be a multiple of 8 (the latent grid): use {v - v % 8 or 8} or {v - v % 8 + 8}")
+        return v
+
     @model_validator(mode="after")
     def _fits(self):
-        if self.size % 8:
-            raise ValueError(f"size must be a multiple of 8 (the latent grid), got {self.size}")
-        if self.overlap % 8 or self.overlap >= self.size:
-            raise ValueError(f"overlap must be a multiple of 8 below size {self.size}, got {self.overlap}")
+        if self.overlap >= self.size:
+            raise ValueError(f"sample.tiles.overlap ({self.overlap}) must be below sample.tiles.size ({self.size})")
         return self
 
 
@@ -601,7 +606,10 @@ def format_validation_error(err: ValidationError, source: str, model: type[BaseM
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        source_here = f"override {given[key]!r}" if key in given else source
+        # An override of this key, of a section holding it (`outpaint.refine=on` sets refine.mode), or of a
+        # key within the section a check names (`sample.tiles.overlap=...`).
+        blamed = [k for k in given if k == key or key.startswith(k + ".") or k.startswith(key + ".")]
+        source_here = f"override {given[blamed[-1]]!r}" if blamed else source
         if e["type"] == "extra_forbidden":
             close = difflib.get_close_matches(key, _known_keys(model), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""

@@ -420,6 +420,7 @@ def refine_stage(cfg: JobConfig, components, clip, plan: OutpaintPlan, coarse_la
     """SDEdit at the output's scale: the coarse result upsampled, the known pixels pasted, noised to the level of
     the refine's first step and denoised in spatial tiles and temporal windows. Returns (1, 4, F, h, w) latents."""
     from motia.geometry import feather_pixels, resample_canvas
+    from motia.sampler import renoise
 
     stage, coarse = plan.refine, plan.coarse
     vae = components.vae
@@ -438,7 +439,10 @@ def refine_stage(cfg: JobConfig, components, clip, plan: OutpaintPlan, coarse_la
     scheduler.set_timesteps(stage.steps)
     alpha = scheduler.alphas_cumprod[scheduler.timesteps[stage.first_step]].float()
     noise = _noise((1, init.shape[1], clip.num_frames, h, w), generator, components.device)
-    latents = alpha**0.5 * init.permute(1, 0, 2, 3).unsqueeze(0).to(noise.device) + (1 - alpha) ** 0.5 * noise
+    clean = init.permute(1, 0, 2, 3).unsqueeze(0).to(noise.device)  # (1, 4, F, h, w)
+    del init  # one latent-sized tensor fewer while the stage samples
+    latents = renoise(clean, torch.tensor(1.0), alpha, noise)  # q(x_t | x_0): from clean to the first step's level
+    del clean
     return sample_stage(cfg, components, stage, known_r, text, latents, noise, generator=generator, **kwargs)
 
 

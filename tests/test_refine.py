@@ -288,3 +288,17 @@ def test_tiled_decode_blends_tiles_into_one_frame_and_leaves_small_frames_alone(
     # to the whole-frame decode as diffusers' tiled decode, and close to it.
     assert (tiles - plain).abs().mean() <= (theirs - plain).abs().mean()
     assert (tiles - theirs).abs().mean() < 0.05
+
+
+@pytest.mark.parametrize("override, words", [
+    ("sample.tiles.size=100", "override 'sample.tiles.size=100': sample.tiles.size: must be a multiple of 8"),
+    ("sample.tiles.overlap=512", "override 'sample.tiles.overlap=512': sample.tiles: sample.tiles.overlap (512)"),
+    ("outpaint.refine=sometimes", "override 'outpaint.refine=sometimes': outpaint.refine.mode: Input should be"),
+    ("outpaint.refine.scale=-1", "override 'outpaint.refine.scale=-1': outpaint.refine.scale: must be 'output'"),
+])
+def test_bad_tiles_and_refine_keys_are_one_line_naming_the_override(override, words):
+    from motia.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        load_config(CONFIGS / "tiny.yaml", [override])
+    assert str(err.value).startswith(words) and "\n" not in str(err.value)
