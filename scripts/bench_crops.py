@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -61,11 +60,9 @@ def run_case(clip: Path, out: Path, crops: str, steps: int, extra: list[str]) ->
     overrides = [f"video.path={clip}", "outpaint.left=0", "outpaint.right=0", "outpaint.aspect=16:9",
                  "outpaint.refine.mode=auto", f"adapt.crops={crops}", f"adapt.steps={steps}",
                  "adapt.checkpoint_every=100000", f"output.dir={out}", *extra]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, __file__, "--child", *overrides], env=env, capture_output=True, text=True)
-    if done.returncode:
-        raise SystemExit(done.stderr[-3000:])
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    from bench_native import run_child
+
+    return run_child(__file__, overrides)
 
 
 def main() -> None:

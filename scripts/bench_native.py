@@ -27,13 +27,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def make_clip(path: Path, frames: int, fps: int = 30) -> None:
-    """A 1080x1920 (W x H) moving texture, written 30 frames at a time (never held whole)."""
+def make_clip(path: Path, frames: int, fps: int = 30, size: tuple[int, int] = (1920, 1080), audio: bool = True) -> None:
+    """A moving texture of ``size`` (H, W; default 1080x1920 W x H), written 30 frames at a time (never held whole),
+    with the bundled clip's audio unless ``audio`` is False."""
     import numpy as np
 
     from motia.video import sample_clip_path, write_video
 
-    h, w = 1920, 1080
+    h, w = size
     y, x = np.mgrid[0:h, 0:w].astype(np.float32)
     rng = np.random.default_rng(0)
     base = np.stack([np.sin(x / 37 + y / 53 + p) * np.cos(y / 29 - p) for p in (0.0, 2.0, 4.0)], -1)
@@ -43,7 +44,7 @@ def make_clip(path: Path, frames: int, fps: int = 30) -> None:
         for start in range(0, frames, 30):
             yield np.stack([np.roll(base, (3 * f, 2 * f), axis=(0, 1)) for f in range(start, min(start + 30, frames))])
 
-    write_video(path, chunks(), fps, audio_from=sample_clip_path())
+    write_video(path, chunks(), fps, **({"audio_from": sample_clip_path()} if audio else {}))
 
 
 def peak_rss() -> int:
@@ -70,14 +71,19 @@ def child(args) -> None:
                       "output": summary["output_timings_s"], "canvas": summary["output_canvas"]}))
 
 
-def run_case(clip: Path, out: Path, resolution: str, steps: int, extra: list[str]) -> dict:
-    overrides = [f"video.path={clip}", "outpaint.left=0", "outpaint.right=0", "outpaint.aspect=16:9",
-                 f"sample.steps={steps}", f"output.dir={out}", f"output.resolution={resolution}", *extra]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, __file__, "--child", *overrides], env=env, capture_output=True, text=True)
+def run_child(script: str, overrides: list[str], env: dict | None = None) -> dict:
+    """Run ``script --child OVERRIDES`` in a fresh process (offline hub, this checkout); its last stdout line as JSON."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(ROOT), **(env or {})}
+    done = subprocess.run([sys.executable, script, "--child", *overrides], env=env, capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(done.stderr[-3000:])
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_case(clip: Path, out: Path, resolution: str, steps: int, extra: list[str]) -> dict:
+    overrides = [f"video.path={clip}", "outpaint.left=0", "outpaint.right=0", "outpaint.aspect=16:9",
+                 f"sample.steps={steps}", f"output.dir={out}", f"output.resolution={resolution}", *extra]
+    return run_child(__file__, overrides)
 
 
 def main() -> None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,28 +39,10 @@ H100_TFLOPS = 990.0  # dense bf16 peak, as BENCHMARKS.md reads GPU times against
 
 
 def make_clip(path: Path, frames: int, h: int, w: int, fps: int = 8) -> None:
-    """A moving texture of ``frames`` frames at h x w, written in chunks (never held whole)."""
-    import numpy as np
+    """A moving texture of ``frames`` frames at h x w, no audio (``bench_native.make_clip``)."""
+    from bench_native import make_clip as texture
 
-    from motia.video import write_video
-
-    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
-    rng = np.random.default_rng(0)
-    base = np.stack([np.sin(x / 37 + y / 53 + p) * np.cos(y / 29 - p) for p in (0.0, 2.0, 4.0)], -1)
-    base = ((base * 0.4 + 0.5) * 255 + rng.normal(0, 6, base.shape)).clip(0, 255).astype(np.uint8)
-
-    def chunks():
-        for start in range(0, frames, 8):
-            yield np.stack([np.roll(base, (3 * f, 2 * f), axis=(0, 1)) for f in range(start, min(start + 8, frames))])
-
-    write_video(path, chunks(), fps)
-
-
-def peak_rss() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
+    texture(path, frames, fps, size=(h, w), audio=False)
 
 
 def child(overrides: list[str]) -> None:
@@ -71,6 +52,8 @@ def child(overrides: list[str]) -> None:
     cfg = load_config(ROOT / "configs" / "tiny.yaml", overrides)
     t0 = time.perf_counter()
     summary = outpaint_from_config(cfg, progress=False)
+    from bench_native import peak_rss
+
     print(json.dumps({"wall_s": time.perf_counter() - t0, "peak_rss": peak_rss(), "stages": summary["stages"],
                       "output": summary["output_canvas"]}))
 
@@ -81,12 +64,9 @@ def run_case(clip: Path, out: Path, aspect: str, frames: int, steps: int, extra:
                  f"outpaint.refine.steps={2 * steps}", "outpaint.refine.strength=0.5", "outpaint.propagate=off",
                  f"video.max_frames={frames}", "sample.window.frames=8", f"output.dir={out}", "output.side_by_side=false",
                  *extra]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(ROOT),
-           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
-    done = subprocess.run([sys.executable, __file__, "--child", *overrides], env=env, capture_output=True, text=True)
-    if done.returncode:
-        raise SystemExit(done.stderr[-3000:])
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    from bench_native import run_child
+
+    return run_child(__file__, overrides, {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")})
 
 
 def bench_memory(args) -> list[dict]:
