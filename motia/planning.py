@@ -140,8 +140,11 @@ def refines(cfg: JobConfig, native_h: int, native_w: int) -> bool:
     r = cfg.outpaint.refine
     if r.mode != "auto":
         return r.mode == "on"
+    explicit = cfg.output.height is not None or cfg.output.width is not None
+    if cfg.output.resolution == "model" and not explicit:
+        return False  # written at the models' scale: nothing to refine up to
     out = _native_canvas(cfg, native_h, native_w)
-    if cfg.output.height is not None or cfg.output.width is not None:
+    if explicit:
         out = plan_output(cfg, out, native_h, native_w)
     return min(out.height, out.width) > r.auto_ratio * r.coarse_size
 

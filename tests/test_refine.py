@@ -302,3 +302,16 @@ def test_bad_tiles_and_refine_keys_are_one_line_naming_the_override(override, wo
     with pytest.raises(ConfigError) as err:
         load_config(CONFIGS / "tiny.yaml", [override])
     assert str(err.value).startswith(words) and "\n" not in str(err.value)
+
+
+def test_auto_refines_large_outputs_only_and_never_an_output_at_the_models_scale():
+    from motia.planning import refines
+
+    base = ["outpaint.left=0", "outpaint.right=0", "outpaint.aspect=16:9"]
+    cfg = load_config(CONFIGS / "base.yaml", base)
+    assert refines(cfg, 1920, 1080)  # a phone clip written 3414x1920: 1920 > 1.5 x 512
+    assert not refines(cfg, 512, 288)  # written 910x512: the coarse scale itself
+    assert not refines(load_config(CONFIGS / "base.yaml", [*base, "output.resolution=model"]), 1920, 1080)
+    assert refines(load_config(CONFIGS / "base.yaml", [*base, "output.resolution=model", "output.height=1080"]),
+                   1920, 1080)  # a delivery size of 1080 px: refined up to it
+    assert not refines(load_config(CONFIGS / "base.yaml", [*base, "output.height=720"]), 1920, 1080)  # 720 < 768
