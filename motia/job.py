@@ -116,7 +116,11 @@ def describe(cfg: JobConfig, num_processes: int | None = None) -> str:
     written = plan_output(cfg, canvas, info.height, info.width)
     o = cfg.output
     scale = "delivery" if o.height or o.width else ("the model's" if o.resolution == "model" else "native")
-    out["canvas_model"] = f"{wxh(canvas.width, canvas.height)}, video.size"
+    from .planning import refines
+
+    why = ("outpaint.refine.coarse_size: the coarse stage" if refines(cfg, info.height, info.width)
+           else "video.size")
+    out["canvas_model"] = f"{wxh(canvas.width, canvas.height)}, {why}"
     out["canvas_output"] = f"{wxh(written.width, written.height)}, {scale} scale"
     warning = upsampling_warning(cfg, h, info.height)
     if warning:
